@@ -1,0 +1,166 @@
+"""Evaluation of a segmentation checkpoint on a labelled split (reference §7; the official test.py).
+
+``python -m proda.evaluate --checkpoint CKPT --root CITYSCAPES_ROOT`` prints the per-class IoU
+table and mIoU; ``--out-csv`` writes the evaluation CSV and ``--save-dir`` the predictions.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from proda.data import DATASET_KINDS, build_dataset
+from proda.data.labels import class_names, colorize
+from proda.metrics import ConfusionAccumulator, IoUTable
+from proda.models.checkpoint import build_model
+
+PathLike = str | os.PathLike
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, img_batch: torch.Tensor,
+            size: Sequence[int] | None = None) -> torch.Tensor:
+    """Train-id predictions N×H×W: eval mode, logits upsampled (bilinear, align_corners=True)
+    to ``size`` (H, W; default the input's) and argmax over classes. No flip, no multi-scale."""
+    model.eval()
+    logits = model(img_batch)["out"]
+    size = tuple(size) if size is not None else tuple(img_batch.shape[-2:])
+    logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    return logits.argmax(dim=1)
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    """Write a uint8 image (H×W → mode L, H×W×3 → RGB) atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def save_predictions(pred: torch.Tensor, names: Sequence[str], save_dir: PathLike,
+                     n_class: int) -> None:
+    """For each image: ``<stem>.png`` (train ids, mode L) and ``<stem>_color.png`` (palette)."""
+    out = Path(save_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for label, name in zip(pred.cpu().numpy().astype(np.uint8), names):
+        stem = Path(name).stem
+        _save_png(label, out / f"{stem}.png")
+        _save_png(colorize(label, n_class), out / f"{stem}_color.png")
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, n_class: int, *, batch_size: int = 4,
+                   device: str | torch.device = "auto", num_workers: int = 0,
+                   progress: bool = True, save_dir: PathLike | None = None) -> IoUTable:
+    """Confusion-matrix scores of ``model`` over ``dataset`` (items ``img``, ``label``, ``name``)."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda")
+    acc = ConfusionAccumulator(n_class)
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+        label = batch["label"].to(dev, non_blocking=True)
+        pred = predict(model, batch["img"].to(dev, non_blocking=True), size=label.shape[-2:])
+        acc.add(pred, label)
+        if save_dir is not None:
+            save_predictions(pred, batch["name"], save_dir, n_class)
+    return acc.table()
+
+
+def _format_value(value: float) -> str:
+    return "" if math.isnan(value) else repr(float(value))
+
+
+def write_eval_csv(table: IoUTable, path: PathLike, n_class: int) -> Path:
+    """The evaluation CSV (``class,iou`` in percent, empty cell for NaN), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["class", "iou"])
+        writer.writerows((key, _format_value(v)) for key, v in table.to_rows(class_names(n_class), n_class))
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(table: IoUTable, n_class: int) -> str:
+    """Human-readable per-class IoU table with the summary rows (percent)."""
+    rows = table.to_rows(class_names(n_class), n_class)
+    width = max(len(key) for key, _ in rows)
+    lines = [f"{key:<{width}}  {'n/a' if math.isnan(v) else format(v, '.2f'):>6}" for key, v in rows]
+    return "\n".join(lines[:n_class] + ["-" * (width + 8)] + lines[n_class:])
+
+
+def evaluate_checkpoint(checkpoint: PathLike, *, dataset_kind: str = "cityscapes", root: PathLike,
+                        split: str = "val", n_class: int | None = None,
+                        size: Sequence[int] | None = None, batch_size: int = 4,
+                        device: str | torch.device = "auto", num_workers: int = 0,
+                        progress: bool = True, out_csv: PathLike | None = None,
+                        save_dir: PathLike | None = None) -> IoUTable:
+    """Load ``checkpoint``, evaluate it on ``root``'s ``split`` and optionally write the CSV.
+
+    ``n_class`` defaults to the checkpoint's; ``size`` (W, H) defaults to each file's native size.
+    """
+    model, _ = build_model(checkpoint)
+    n_class = model.num_classes if n_class is None else n_class
+    if n_class != model.num_classes:
+        raise ValueError(f"n_class={n_class} but checkpoint {checkpoint} has "
+                         f"{model.num_classes} classes")
+    dataset = build_dataset(dataset_kind, root, split=split, n_class=n_class,
+                            size=tuple(size) if size is not None else None, labels=True)
+    table = evaluate_model(model, dataset, n_class, batch_size=batch_size, device=device,
+                           num_workers=num_workers, progress=progress, save_dir=save_dir)
+    if out_csv is not None:
+        write_eval_csv(table, out_csv, n_class)
+    return table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m proda.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="model checkpoint (.pt / official .pkl)")
+    p.add_argument("--root", required=True, help="dataset root (Cityscapes layout)")
+    p.add_argument("--dataset", default="cityscapes", choices=DATASET_KINDS, help="dataset kind")
+    p.add_argument("--split", default="val")
+    p.add_argument("--n-class", type=int, default=None, help="default: the checkpoint's")
+    p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None,
+                   help="resize images and labels (default: native size)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    p.add_argument("--out-csv", default=None, help="write the evaluation CSV here")
+    p.add_argument("--save-dir", default=None, help="write prediction PNGs here")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI equivalent of the official test.py; prints the table and returns 0."""
+    a = build_parser().parse_args(argv)
+    table = evaluate_checkpoint(a.checkpoint, dataset_kind=a.dataset, root=a.root, split=a.split,
+                                n_class=a.n_class, size=a.size, batch_size=a.batch_size,
+                                device=a.device, num_workers=a.num_workers,
+                                progress=not a.no_progress, out_csv=a.out_csv,
+                                save_dir=a.save_dir)
+    print(format_table(table, table.n_class))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
