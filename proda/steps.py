@@ -1,0 +1,225 @@
+"""One function per pipeline step: files in, artifact out. The Snakemake workers and the CLI call these.
+
+Every function takes a complete config (``proda.config.resolve`` / ``complete``) and paths; artifacts
+are written atomically, so an interrupted step never leaves a half-written output behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from proda.config import step_view
+from proda.models import build_model, save_checkpoint
+from proda.train.loop import Trainer, config_digest
+from proda.train.runtime import Runtime, make_runtime, seed_everything, unwrap
+from proda.train.setup import source_dataset, stream, target_dataset, training_view
+
+PathLike = str | os.PathLike
+
+
+def _meta(cfg: Mapping[str, Any], step: str, **extra: Any) -> dict[str, Any]:
+    return {"stage": step, "config_digest": config_digest(step_view(cfg, step)), **extra}
+
+
+# ---------------------------------------------------------------------------- data
+def toycity(cfg: Mapping[str, Any], out_dir: PathLike) -> dict[str, Path]:
+    """Generate the toy-city benchmark (``data.toycity`` options) into ``out_dir``."""
+    from proda.data.toycity import generate
+
+    options = cfg["data"]["toycity"]
+    if not options:
+        raise ValueError("config key 'data.toycity' is empty: nothing to generate")
+    return generate(out_dir, **options)
+
+
+# ---------------------------------------------------------------------------- training
+def _train(stage, cfg: Mapping[str, Any], runtime: Runtime, source_view, target_view, *, iterations: int,
+           out_ckpt: PathLike, state_dir: PathLike, meta: dict[str, Any], progress: bool = True) -> None:
+    """Run ``stage`` with the shared loop and export its final model in the official layout."""
+    train = cfg["train"]
+    source = stream(source_view, cfg, runtime, seed=cfg["seed"])
+    target = stream(target_view, cfg, runtime, seed=cfg["seed"] + 1, drop_last=cfg["data"]["drop_last"])
+    validate = None
+    if train["val_every"] > 0:
+        from proda.evaluate import evaluate_model
+
+        val = target_dataset(cfg, cfg["eval"]["split"])
+
+        def validate(model):  # noqa: E306 - closure over the val set
+            table = evaluate_model(model, val, cfg["data"]["n_class"], batch_size=cfg["eval"]["batch_size"],
+                                   device=runtime.device, progress=False)
+            return 100.0 * table.miou
+
+    schedule_iters = train["train_iters"] if cfg["parity"] else iterations  # Q14
+    trainer = Trainer(stage, source, target, iterations=iterations, state_dir=state_dir,
+                      schedule_iters=schedule_iters, poly_power=train["poly_power"],
+                      checkpoint_every=train["checkpoint_every"], log_every=train["log_every"],
+                      validate=validate, val_every=train["val_every"], select=train["select"],
+                      progress=progress)
+    trainer.run()
+    if runtime.is_main:
+        model = unwrap(stage.student)
+        model.load_state_dict(trainer.final_student_state())
+        save_checkpoint(out_ckpt, model, prototypes=stage.prototypes(), iteration=trainer.iteration,
+                        best_iou=max(trainer.best_iou, 0.0), meta=meta, extra=stage.export_extra())
+    runtime.barrier()
+
+
+def warmup(cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike) -> None:
+    """Train the warm-up model, or import ``warmup.checkpoint`` (e.g. the released one) as is."""
+    given = cfg["warmup"]["checkpoint"]
+    if given:
+        model, ckpt = build_model(given)  # validates the file (clear error on mismatch)
+        if model.num_classes != cfg["data"]["n_class"]:
+            raise ValueError(f"config key 'warmup.checkpoint': {given} has {model.num_classes} classes, "
+                             f"data.n_class is {cfg['data']['n_class']}")
+        tmp = Path(str(out_ckpt) + ".tmp")
+        Path(out_ckpt).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(given, tmp)
+        os.replace(tmp, out_ckpt)
+        return
+    from proda.train.warmup import WarmupStage
+
+    seed_everything(cfg["seed"])
+    runtime = make_runtime(cfg)
+    stage = WarmupStage(cfg, runtime)
+    _train(stage, cfg, runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]),
+           training_view(target_dataset(cfg), cfg, seed=cfg["seed"] + 1),
+           iterations=cfg["warmup"]["iterations"], out_ckpt=out_ckpt, state_dir=state_dir,
+           meta=_meta(cfg, "warmup"))
+
+
+def stage1(cfg: Mapping[str, Any], warmup_ckpt: PathLike, soft_h5: PathLike, prototypes_h5: PathLike,
+           out_ckpt: PathLike, state_dir: PathLike) -> None:
+    """Prototype-rectified self-training from the warm-up model (reference §4.2)."""
+    from proda.prototypes import load_prototypes
+    from proda.pseudo_labels import SoftLabelStore
+    from proda.train.stage1 import Stage1
+
+    seed_everything(cfg["seed"])
+    runtime = make_runtime(cfg)
+    prototypes, _, _ = load_prototypes(prototypes_h5)
+    stage = Stage1(cfg, runtime, str(warmup_ckpt), prototypes)
+    soft = SoftLabelStore(soft_h5)
+    if soft.n_class != cfg["data"]["n_class"]:
+        raise ValueError(f"{soft_h5} holds {soft.n_class} classes, config key 'data.n_class' is "
+                         f"{cfg['data']['n_class']}")
+    target_view = training_view(target_dataset(cfg, labels=False), cfg, seed=cfg["seed"] + 1, strong=True,
+                                full_image=True, soft_labels=soft)
+    _train(stage, cfg, runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]), target_view,
+           iterations=cfg["stage1"]["iterations"], out_ckpt=out_ckpt, state_dir=state_dir,
+           meta=_meta(cfg, "stage1"))
+
+
+class _Thresholded:
+    """A hard-label store seen through a fixed confidence threshold."""
+
+    def __init__(self, store, threshold: float):
+        self.store, self.threshold = store, threshold
+
+    def get(self, name: str, threshold: float | None = None):
+        return self.store.get(name, self.threshold if threshold is None else threshold)
+
+
+def distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, hard_h5: PathLike,
+            out_ckpt: PathLike, state_dir: PathLike, init_ckpt: PathLike | None = None) -> None:
+    """Stage 2 or 3: self-training on hard pseudo labels with distillation (reference §4.3)."""
+    from proda.pseudo_labels import HardLabelStore
+    from proda.train.distill import DistillStage
+
+    if stage not in ("stage2", "stage3"):
+        raise ValueError(f"distill stage must be 'stage2' or 'stage3', got {stage!r}")
+    seed_everything(cfg["seed"])
+    runtime = make_runtime(cfg)
+    job = DistillStage(cfg, runtime, stage, str(teacher_ckpt), None if init_ckpt is None else str(init_ckpt))
+    hard = _Thresholded(HardLabelStore(hard_h5), float(cfg[stage]["threshold"]))
+    target_view = training_view(target_dataset(cfg, labels=False), cfg, seed=cfg["seed"] + 1, strong=True,
+                                hard_labels=hard)
+    _train(job, cfg, runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]), target_view,
+           iterations=cfg[stage]["iterations"], out_ckpt=out_ckpt, state_dir=state_dir,
+           meta=_meta(cfg, stage))
+
+
+# ---------------------------------------------------------------------------- inference
+def _inference_setup(cfg: Mapping[str, Any], checkpoint: PathLike):
+    runtime = make_runtime(cfg)
+    model, _ = build_model(checkpoint)
+    if model.num_classes != cfg["data"]["n_class"]:
+        raise ValueError(f"{checkpoint} has {model.num_classes} classes, config key 'data.n_class' is "
+                         f"{cfg['data']['n_class']}")
+    return runtime, model.to(runtime.device).eval()
+
+
+def soft_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -> None:
+    """Soft pseudo labels of the target train split (reference §6.1)."""
+    from proda.pseudo_labels import checkpoint_digest, generate_soft
+
+    runtime, model = _inference_setup(cfg, checkpoint)
+    generate_soft(model, target_dataset(cfg, labels=False), out_h5, n_class=cfg["data"]["n_class"],
+                  batch_size=cfg["data"]["batch_size"], device=runtime.device,
+                  num_workers=cfg["data"]["num_workers"],
+                  attrs={"checkpoint_sha256": checkpoint_digest(checkpoint)})
+
+
+def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -> None:
+    """Initial class prototypes from the warm-up model's features (reference §6.3)."""
+    from torch.utils.data import DataLoader
+
+    from proda.prototypes import compute_prototypes, save_prototypes
+    from proda.pseudo_labels import checkpoint_digest
+
+    runtime, model = _inference_setup(cfg, checkpoint)
+    p = cfg["prototypes"]
+    on_source = p["on"] == "source"
+    dataset = source_dataset(cfg) if on_source else target_dataset(cfg, labels=False)
+    # drop_last as the official command (reference §6.3), unless that would leave nothing
+    drop_last = len(dataset) >= cfg["data"]["batch_size"]
+    loader = DataLoader(dataset, batch_size=cfg["data"]["batch_size"], shuffle=False, drop_last=drop_last,
+                        num_workers=cfg["data"]["num_workers"])
+    passes = 4 if cfg["parity"] else p["passes"]
+    protos, counts = compute_prototypes(model, loader, cfg["data"]["n_class"], passes=passes,
+                                        parity=bool(cfg["parity"]), source=on_source, device=runtime.device)
+    save_prototypes(out_h5, protos, counts, {"checkpoint_sha256": checkpoint_digest(checkpoint),
+                                             "passes": passes, "on": p["on"]})
+
+
+def hard_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike,
+                png_dir: PathLike | None = None) -> None:
+    """Hard pseudo labels with flip TTA over the target train split (reference §6.2)."""
+    from proda.pseudo_labels import checkpoint_digest, generate_hard
+
+    runtime, model = _inference_setup(cfg, checkpoint)
+    h = cfg["hard_labels"]
+    if png_dir is None and h["save_png"]:
+        png_dir = Path(out_h5).with_suffix("")
+    generate_hard(model, target_dataset(cfg, labels=False), out_h5, n_class=cfg["data"]["n_class"],
+                  flip=h["flip"], batch_size=cfg["data"]["batch_size"], device=runtime.device,
+                  png_dir=png_dir, attrs={"checkpoint_sha256": checkpoint_digest(checkpoint)})
+
+
+def evaluate(cfg: Mapping[str, Any], checkpoint: PathLike, out_csv: PathLike):
+    """Per-class IoU of ``checkpoint`` on the target evaluation split, as a CSV."""
+    from proda.evaluate import evaluate_model, write_eval_csv
+
+    runtime, model = _inference_setup(cfg, checkpoint)
+    table = evaluate_model(model, target_dataset(cfg, cfg["eval"]["split"]), cfg["data"]["n_class"],
+                           batch_size=cfg["eval"]["batch_size"], device=runtime.device,
+                           num_workers=cfg["data"]["num_workers"])
+    write_eval_csv(table, out_csv, cfg["data"]["n_class"])
+    return table
+
+
+def report(eval_csvs: Mapping[str, PathLike], out_dir: PathLike) -> None:
+    """Summary CSV and plots over the per-stage evaluation CSVs."""
+    from proda.report import write_report
+
+    write_report(dict(eval_csvs), out_dir)
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` CPU threads for torch (Snakemake's ``threads``)."""
+    torch.set_num_threads(max(1, int(n)))

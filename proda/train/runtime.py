@@ -1,0 +1,117 @@
+"""Execution context shared by every step: device, seeding, mixed precision, torchrun/DDP."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available (the local rank's GPU under torchrun), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("config key 'device' is 'cuda' but no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) like the official ``train.py``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state, for resumable training."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Runtime:
+    """Where and how a step runs: device, AMP, process rank and world size."""
+
+    device: torch.device
+    amp: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA when AMP is on, else a no-op."""
+        if self.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DistributedDataParallel (with SyncBatchNorm) under torchrun, the model itself otherwise."""
+        if not self.distributed:
+            return model
+        from proda.train.syncbn import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model, self.device)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def make_runtime(cfg: Mapping[str, Any]) -> Runtime:
+    """Build the runtime from the config, joining the torchrun process group when there is one."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(str(cfg.get("device", "auto")))
+    rank = 0
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank = dist.get_rank()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    return Runtime(device=device, amp=bool(cfg.get("amp", True)), rank=rank, world_size=world)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily switch ``model`` to eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -1,0 +1,123 @@
+"""Stage 1: prototypical pseudo-label denoising + target structure learning (reference §4.2)."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from proda.data.transforms import full2weak, label_strong_T
+from proda.ema import ema_update, make_ema
+from proda.losses import cross_entropy, prototype_consistency, regulariser, symmetric_ce
+from proda.models import build_model
+from proda.prototypes import (class_mean_vectors, moving_update, prototype_distance,
+                              rectification_weights, rectify_pseudo_labels)
+from proda.train.loop import Stage
+from proda.train.optim import make_sgd, single_group
+from proda.train.runtime import Runtime
+from proda.train.setup import to_device, up
+
+IGNORE = 250
+
+
+def gather_vectors(vectors: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Concatenate every rank's class vectors in rank (= global sample) order."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return vectors, ids
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (vectors.cpu(), ids.cpu()))
+    return (torch.cat([v for v, _ in gathered]).to(vectors.device),
+            torch.cat([i for _, i in gathered]).to(ids.device))
+
+
+class Stage1(Stage):
+    """Student + EMA teacher restored from the warm-up model, prototypes from its features."""
+
+    name = "stage1"
+
+    def __init__(self, cfg: Mapping[str, Any], runtime: Runtime, warmup_ckpt: str, prototypes: Tensor):
+        super().__init__(cfg, runtime)
+        self.s = cfg["stage1"]
+        self.parity = bool(cfg["parity"])
+        model, _ = build_model(warmup_ckpt)
+        model.to(runtime.device)
+        self.ema = make_ema(model)
+        self.ema.train(not self.s["ema_eval"])
+        self.student = runtime.wrap(model)
+        self.prototypes_ = prototypes.float().to(runtime.device)
+        train = cfg["train"]
+        self.optimizers = {"G": make_sgd(single_group(model, self.s["lr"]), momentum=train["momentum"],
+                                         weight_decay=train["weight_decay"], parity=self.parity)}
+
+    def modules(self) -> dict[str, Any]:
+        return {"student": self.student, "ema": self.ema}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"prototypes": self.prototypes_.cpu()}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        self.prototypes_ = state["prototypes"].to(self.runtime.device)
+
+    def prototypes(self) -> Tensor:
+        return self.prototypes_
+
+    def _target_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        s = self.s
+        if s["rce"]:
+            loss = symmetric_ce(logits, labels, s["rce_alpha"], s["rce_beta"], ignore_index=IGNORE)
+        else:
+            loss = cross_entropy(logits, labels, ignore_index=IGNORE)
+        if s["regular_w"] > 0:
+            loss = loss + s["regular_w"] * regulariser(logits, s["regular_type"])
+        return loss
+
+    def step(self, source: dict, target: dict, iteration: int) -> dict[str, float]:
+        src, tgt = to_device(source, self.runtime), to_device(target, self.runtime)
+        G, s, eta = self.student, self.s, self.prototypes_
+        T = float(s["proto_temperature"])
+        G.train()
+        self.optimizers["G"].zero_grad(set_to_none=True)
+        crop = tuple(src["img"].shape[-2:])
+        with self.runtime.autocast():
+            loss_src = cross_entropy(up(G(src["img"])["out"], crop).float(), src["label"])
+        loss_src.backward()
+
+        h4, w4 = tgt["img"].shape[-2] // 4, tgt["img"].shape[-1] // 4
+        full4 = (tgt["img_full"].shape[-2] // 4, tgt["img_full"].shape[-1] // 4)
+        with torch.no_grad(), self.runtime.autocast():
+            e = self.ema(tgt["img_full"])
+        e_feat, e_out = up(e["feat"].float(), full4), up(e["out"].float(), full4)
+        weak_feat = full2weak(e_feat, tgt["weak_params"], scale=4)
+
+        with self.runtime.autocast():
+            z = up(G(tgt["img"])["out"], (h4, w4)).float()
+        q4 = up(tgt["lpsoft"].float(), (h4, w4))
+        if s["proto_rectify"]:
+            weights = rectification_weights(weak_feat, eta, T)
+            labels, _ = rectify_pseudo_labels(q4, weights, threshold=s["train_thred"], ignore_index=IGNORE)
+        else:
+            labels, _ = rectify_pseudo_labels(q4, torch.ones_like(q4), threshold=s["train_thred"],
+                                              ignore_index=IGNORE)
+        loss_tgt = self._target_loss(z, labels)
+
+        loss_con = torch.zeros((), device=z.device)
+        if s["proto_consistW"] > 0:
+            dist_weak = prototype_distance(weak_feat, eta)
+            dist_strong = label_strong_T(dist_weak, tgt["strong_params"], padding=IGNORE, scale=4,
+                                         parity=self.parity)
+            mask = dist_strong != IGNORE
+            with self.runtime.autocast():
+                g_feat = up(G(tgt["img_strong"])["feat"], (h4, w4)).float()
+            loss_con = prototype_consistency(dist_strong, prototype_distance(g_feat, eta), mask, T)
+        loss = s["proto_consistW"] * loss_con + loss_tgt
+        loss.backward()
+        self.optimizers["G"].step()
+
+        if s["moving_prototype"]:
+            vectors, ids = gather_vectors(*class_mean_vectors(e_feat, e_out))
+            self.prototypes_ = moving_update(eta, vectors, ids, s["proto_momentum"])
+        ema_update(self.ema, G, s["ema_momentum"])
+        return {"loss_src": loss_src.item(), "loss": loss.item(), "loss_tgt": loss_tgt.item(),
+                "loss_con": float(loss_con)}
+

@@ -1,0 +1,58 @@
+"""Synchronised BatchNorm for DistributedDataParallel, on CUDA (torch's) and CPU/gloo (ours).
+
+PyTorch's ``nn.SyncBatchNorm`` only runs on GPUs, so CPU runs under ``torchrun`` use
+:class:`GlooSyncBatchNorm`, which all-reduces the batch sums with an autograd-aware collective.
+Both normalise with the statistics of the whole global batch, i.e. the reference's intended
+behaviour (Q12): ``(x - mean) / sqrt(var_biased + eps)``, running var from the unbiased variance.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+
+
+class GlooSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics span every process of the default group."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        c = x.shape[1]
+        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
+        packed = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])
+        packed = dist_fn.all_reduce(packed)
+        total = packed[-1]
+        mean = packed[:c] / total
+        var = (packed[c:2 * c] / total - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            unbiased = var * total / (total - 1).clamp_min(1)
+            self.running_mean.mul_(1 - self.momentum).add_(mean.detach(), alpha=self.momentum)
+            self.running_var.mul_(1 - self.momentum).add_(unbiased.detach(), alpha=self.momentum)
+            self.num_batches_tracked.add_(1)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def _convert_cpu(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlooSyncBatchNorm):
+        new = GlooSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        for p_new, p_old in zip(new.parameters(), module.parameters()):
+            p_new.requires_grad_(p_old.requires_grad)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, _convert_cpu(child))
+    return module
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Replace every BatchNorm2d by a synchronised one suited to ``device``."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _convert_cpu(model)
