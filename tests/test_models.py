@@ -161,7 +161,8 @@ def test_head_semantics_match_hand_computation():
     with torch.no_grad():
         res = m(torch.rand(2, 3, 40, 56, dtype=torch.float64))
         bn = m.bn_pretrain
-        x = (seen["l4"] - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + 1e-5)
+        mean, var = bn.running_mean[:, None, None], bn.running_var[:, None, None]
+        x = (seen["l4"] - mean) / torch.sqrt(var + 1e-5)
         torch.testing.assert_close(seen["x"], x)
         branches = m.layer5.conv2d_list
         for i, dil in ((0, 1), (4, 24)):

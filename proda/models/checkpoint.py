@@ -58,7 +58,8 @@ def _torch_load(path: PathLike, what: str) -> Any:
 
 
 def save_checkpoint(path: PathLike, model: nn.Module, *, prototypes: Tensor | None = None,
-                    iteration: int = 0, best_iou: float = 0.0, meta: Mapping[str, Any] | None = None,
+                    iteration: int = 0, best_iou: float = 0.0,
+                    meta: Mapping[str, Any] | None = None,
                     extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` (unwrapped, CPU tensors) in the official layout; atomic via ``os.replace``."""
     net = unwrap(model)
@@ -77,10 +78,10 @@ def save_checkpoint(path: PathLike, model: nn.Module, *, prototypes: Tensor | No
                   "objective_vectors": prototypes.detach().float().cpu()},
         "iter": int(iteration),
         "best_iou": float(best_iou),
-        META_KEY: {"n_class": net.num_classes, "backbone": net.backbone, "base_width": net.base_width,
+        META_KEY: {**dict(meta or {}),  # the architecture entries below always win
+                   "n_class": net.num_classes, "backbone": net.backbone, "base_width": net.base_width,
                    "head_channels": net.head_channels, "bn_clr": net.bn_clr,
-                   "torch_version": torch.__version__, "proda_version": proda.__version__,
-                   **dict(meta or {})},
+                   "torch_version": torch.__version__, "proda_version": proda.__version__},
         **dict(extra or {}),
     }
     path = Path(path)
@@ -190,7 +191,8 @@ def _load_filtered(model: nn.Module, state: Any, path: PathLike, what: str) -> l
     for k, v in kept.items():
         if not isinstance(v, Tensor) or v.shape != own[k].shape:
             got = list(v.shape) if isinstance(v, Tensor) else type(v).__name__
-            raise CheckpointError(f"{what} {path}: {k} has shape {got}, model has {list(own[k].shape)}")
+            raise CheckpointError(f"{what} {path}: {k} has shape {got}, "
+                                  f"model has {list(own[k].shape)}")
     own.update(kept)
     net.load_state_dict(own, strict=True)
     return list(kept)

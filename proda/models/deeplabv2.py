@@ -6,7 +6,6 @@ so that its state dict, released checkpoints and random draws match. Smaller bac
 """
 from __future__ import annotations
 
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -98,20 +97,23 @@ def _conv_gn(cin: int, cout: int, groups: int, kernel: int, dilation: int) -> nn
 
 
 class Classifier_Module2(nn.Module):  # noqa: N801 (official name, kept for recognisability)
-    """ASPP (1×1 + four dilated 3×3 branches, GroupNorm) → SE → 3×3 conv → GN → dropout → 1×1."""
+    """ASPP (1×1 + four dilated 3×3 branches, GN) → SE → 3×3 conv → GN → dropout → 1×1."""
 
     def __init__(self, inplanes: int, num_classes: int, channels: int = 256) -> None:
         super().__init__()
         groups = min(32, channels)
         if channels % groups:
-            raise ValueError(f"head_channels={channels} is not divisible by {groups} GroupNorm groups")
+            raise ValueError(f"head_channels={channels} is not divisible by "
+                             f"{groups} GroupNorm groups")
         branches = [_conv_gn(inplanes, channels, groups, 1, 1)]
         branches += [_conv_gn(inplanes, channels, groups, 3, d) for d in ASPP_DILATIONS]
         self.conv2d_list = nn.ModuleList(branches)
         cat = channels * len(branches)
-        self.bottleneck = nn.Sequential(SEBlock(cat), nn.Conv2d(cat, channels, 3, padding=1, bias=True),
+        self.bottleneck = nn.Sequential(SEBlock(cat),
+                                        nn.Conv2d(cat, channels, 3, padding=1, bias=True),
                                         nn.GroupNorm(groups, channels))
-        self.head = nn.Sequential(nn.Dropout2d(DROPOUT), nn.Conv2d(channels, num_classes, 1, bias=False))
+        self.head = nn.Sequential(nn.Dropout2d(DROPOUT),
+                                  nn.Conv2d(channels, num_classes, 1, bias=False))
         self._official_head_init()
 
     def _official_head_init(self) -> None:
@@ -155,7 +157,8 @@ class DeepLabV2(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
         for i, n in enumerate(blocks):
-            layer = self._make_layer(block, base_width * 2 ** i, n, LAYER_STRIDES[i], LAYER_DILATIONS[i])
+            layer = self._make_layer(block, base_width * 2 ** i, n, LAYER_STRIDES[i],
+                                     LAYER_DILATIONS[i])
             setattr(self, f"layer{i + 1}", layer)
         self.backbone_channels = self.inplanes
         self.layer5 = Classifier_Module2(self.inplanes, num_classes, head_channels)
