@@ -1,0 +1,350 @@
+"""Class prototypes (reference §4.2 steps 5, 8, 10 and §6.3): feature-to-prototype distances,
+rectification weights and rectified pseudo labels, per-image class mean vectors, the moving
+and 'mean' prototype updates, prototype initialisation over a loader, and the HDF5 store.
+
+Everything except `compute_prototypes` and the store is a pure tensor function.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = 250
+MIN_PIXELS = 10
+COUNT_CAP = 3000
+
+
+# --------------------------------------------------------------------------- distances
+
+class _EuclideanDistance(torch.autograd.Function):
+    """``‖x_p − η_c‖₂`` for x ``[N,P,D]`` and η ``[C,D]`` -> ``[N,P,C]``.
+
+    Forward: ``torch.cdist`` without the matrix-multiply expansion, i.e. computed from the
+    differences themselves, so it is exact (no ``‖x‖² − 2x·η + ‖η‖²`` cancellation) and never
+    materialises the ``N×P×C×D`` difference tensor. Backward: the exact gradient written with
+    matrix products, ``∂d/∂x = (x − η)/d``, taking 0 where ``d = 0`` (the subgradient that
+    ``torch.norm`` also uses), so a feature equal to a prototype gets a finite gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, protos: Tensor) -> Tensor:
+        batch_protos = protos.unsqueeze(0).expand(x.shape[0], -1, -1)
+        dist = torch.cdist(x, batch_protos, compute_mode="donot_use_mm_for_euclid_dist")
+        ctx.save_for_backward(x, protos, dist)
+        return dist
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, protos, dist = ctx.saved_tensors
+        weight = torch.where(dist > 0, grad / dist, torch.zeros_like(dist))  # [N,P,C]
+        grad_x = grad_p = None
+        if ctx.needs_input_grad[0]:
+            grad_x = x * weight.sum(-1, keepdim=True) - weight @ protos
+        if ctx.needs_input_grad[1]:
+            grad_p = (protos * weight.sum((0, 1)).unsqueeze(1)
+                      - torch.einsum("npc,npd->cd", weight, x))
+        return grad_x, grad_p
+
+
+def prototype_distance(feat: Tensor, prototypes: Tensor) -> Tensor:
+    """Euclidean distance of every feature vector to every prototype.
+
+    ``feat`` ``N×D×H×W``, ``prototypes`` ``C×D`` -> ``N×C×H×W`` (float32, or float64 for
+    float64 input). Plain broadcasting over the batch (no hard-coded batch of 4, Q15).
+    """
+    if feat.dim() != 4 or prototypes.dim() != 2 or feat.shape[1] != prototypes.shape[1]:
+        raise ValueError(f"prototype_distance: feat {tuple(feat.shape)} (N×D×H×W) does not match "
+                         f"prototypes {tuple(prototypes.shape)} (C×D)")
+    n, d, h, w = feat.shape
+    dtype = torch.promote_types(feat.dtype, torch.float32)
+    x = feat.to(dtype).reshape(n, d, h * w).transpose(1, 2)
+    protos = prototypes.to(device=feat.device, dtype=dtype)
+    dist = _EuclideanDistance.apply(x, protos)  # [N, HW, C]
+    return dist.transpose(1, 2).reshape(n, -1, h, w)
+
+
+def rectification_weights(feat: Tensor, prototypes: Tensor, temperature: float) -> Tensor:
+    """``ω_k = softmax_k(−T·(d_k − min_j d_j))`` over classes, ``N×C×H×W`` (§4.2 step 5)."""
+    dist = prototype_distance(feat, prototypes)
+    dist = dist - dist.amin(dim=1, keepdim=True)
+    return F.softmax(-temperature * dist, dim=1)
+
+
+def rectify_pseudo_labels(soft: Tensor, weights: Tensor, threshold: float = 0.0,
+                          ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
+    """Rectified pseudo labels: ``r = ω·q``, ``ŷ = argmax r``, ``conf = max r / Σ r``.
+
+    Pixels with ``conf < threshold`` get ``ignore_index``. Returns ``(labels N×H×W int64,
+    conf N×H×W)``; a pixel whose ``r`` sums to 0 gets ``conf = 0`` (the official code would
+    give NaN and keep the label).
+    """
+    if soft.shape != weights.shape:
+        raise ValueError(f"rectify_pseudo_labels: soft labels {tuple(soft.shape)} and weights "
+                         f"{tuple(weights.shape)} differ in shape")
+    rect = weights * soft
+    top, labels = rect.max(dim=1)
+    total = rect.sum(dim=1)
+    conf = torch.where(total > 0, top / total, torch.zeros_like(total))
+    labels = labels.masked_fill(conf < threshold, ignore_index)
+    return labels, conf
+
+
+# --------------------------------------------------------------------------- class means
+
+def class_mean_vectors(feat: Tensor, logits: Tensor, labels: Tensor | None = None,
+                       min_pixels: int = MIN_PIXELS) -> tuple[Tensor, Tensor]:
+    """Per image and class, the mean feature over the pixels predicted as that class.
+
+    A pixel belongs to class k when ``argmax softmax(logits) = k`` (and ``labels = k`` when
+    labels are given: the ``--source`` variant of §6.3, 250 never matches). Classes with fewer
+    than ``min_pixels`` pixels (or none) are skipped, and so is a vector whose elements sum
+    exactly to 0 (the official update ignores those). Returns ``(vectors K×D float32,
+    class ids K int64)`` in the official order: sample-major, then ascending class.
+    """
+    n, d, h, w = feat.shape
+    if logits.dim() != 4 or logits.shape[0] != n or logits.shape[2:] != feat.shape[2:]:
+        raise ValueError(f"class_mean_vectors: logits {tuple(logits.shape)} do not match feat "
+                         f"{tuple(feat.shape)} (same N, H, W expected)")
+    n_class = logits.shape[1]
+    pred = F.softmax(logits.float(), dim=1).argmax(dim=1).reshape(n, 1, h * w)
+    member = torch.zeros(n, n_class, h * w, device=feat.device).scatter_(1, pred, 1.0)
+    if labels is not None:
+        if labels.numel() != n * h * w:
+            raise ValueError(f"class_mean_vectors: labels {tuple(labels.shape)} must be N×H×W = {(n, h, w)}")
+        classes = torch.arange(n_class, device=feat.device).view(1, n_class, 1)
+        member = member * (labels.reshape(n, 1, h * w).to(feat.device) == classes)
+    counts = member.sum(dim=2)  # [N, C]
+    sums = torch.bmm(member, feat.float().reshape(n, d, h * w).transpose(1, 2))  # [N, C, D]
+    means = sums / counts.clamp(min=1).unsqueeze(2)
+    keep = (counts >= max(min_pixels, 1)) & (means.sum(dim=2) != 0)
+    ids = torch.arange(n_class, device=feat.device).expand(n, n_class)[keep]
+    return means[keep], ids
+
+
+# --------------------------------------------------------------------------- updates
+
+def _check_update(prototypes: Tensor, vectors: Tensor, ids: Tensor) -> None:
+    """Shape / range checks shared by the two update rules."""
+    if vectors.dim() != 2 or vectors.shape[1] != prototypes.shape[1] or ids.shape != vectors.shape[:1]:
+        raise ValueError(f"prototype update: vectors {tuple(vectors.shape)} / ids {tuple(ids.shape)} "
+                         f"do not fit prototypes {tuple(prototypes.shape)}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= prototypes.shape[0]):
+        raise ValueError(f"prototype update: class ids must lie in [0, {prototypes.shape[0]})")
+
+
+def _ranks(ids: Tensor, n_class: int) -> tuple[Tensor, Tensor]:
+    """For each update, how many earlier updates hit the same class; and per-class totals."""
+    onehot = F.one_hot(ids, n_class)
+    rank = (onehot.cumsum(0) - onehot).gather(1, ids.unsqueeze(1)).squeeze(1)
+    return rank, onehot.sum(0)
+
+
+def _ema_sequence(base: Tensor, vectors: Tensor, ids: Tensor, pos: Tensor, steps: Tensor,
+                  momentum: float) -> Tensor:
+    """Closed form of ``steps[k]`` sequential updates ``η_k ← (1−m)η_k + m·v`` per class.
+
+    ``pos`` is each vector's 0-based position among its class's updates (float64 maths).
+    """
+    decay = 1.0 - momentum
+    weight = momentum * torch.pow(decay, (steps[ids] - 1 - pos).double())
+    added = torch.zeros_like(base).index_add_(0, ids, weight.unsqueeze(1) * vectors)
+    return base * torch.pow(decay, steps.double()).unsqueeze(1) + added
+
+
+def moving_update(prototypes: Tensor, vectors: Tensor, ids: Tensor, momentum: float) -> Tensor:
+    """The official moving average ``η_k ← (1−m)·η_k + m·v``, applied in the order given.
+
+    Vectorised closed form: a class receiving ``v_1..v_j`` ends at
+    ``(1−m)^j η + Σ_i m(1−m)^(j−i) v_i`` (computed in float64). Returns new prototypes.
+    """
+    _check_update(prototypes, vectors, ids)
+    if ids.numel() == 0:
+        return prototypes.clone()
+    ids = ids.to(prototypes.device, torch.long)
+    rank, total = _ranks(ids, prototypes.shape[0])
+    new = _ema_sequence(prototypes.double(), vectors.to(prototypes.device, torch.float64),
+                        ids, rank, total, momentum)
+    return new.to(prototypes.dtype)
+
+
+def mean_update(prototypes: Tensor, counts: Tensor, vectors: Tensor, ids: Tensor,
+                cap: int = COUNT_CAP) -> tuple[Tensor, Tensor]:
+    """The official 'mean' update of §6.3, applied in order, in closed form.
+
+    Sequentially: ``η_k ← (η_k·c_k + v)/(c_k+1)``, ``c_k ← min(c_k+1, cap)``. While ``c_k <
+    cap`` this is an exact running mean; once a class sits at the cap every further update is
+    an EMA with weight ``1/(cap+1)``. Both phases are summed in closed form per class (no
+    per-vector loop). Returns ``(prototypes, counts)``.
+    """
+    _check_update(prototypes, vectors, ids)
+    if counts.shape != prototypes.shape[:1] or bool((counts > cap).any()):
+        raise ValueError(f"mean_update: counts {tuple(counts.shape)} must be one per class and <= cap={cap}")
+    if ids.numel() == 0:
+        return prototypes.clone(), counts.clone()
+    device = prototypes.device
+    ids = ids.to(device, torch.long)
+    vecs = vectors.to(device, torch.float64)
+    count0 = counts.to(device, torch.long)
+    rank, total = _ranks(ids, prototypes.shape[0])
+    room = cap - count0                        # updates before the cap is reached
+    n_mean = torch.minimum(total, room)        # running-mean updates per class
+    in_mean = rank < room[ids]
+    mean_sum = torch.zeros_like(prototypes, dtype=torch.float64).index_add_(
+        0, ids[in_mean], vecs[in_mean])
+    eta = prototypes.double()
+    stepped = (eta * count0.unsqueeze(1) + mean_sum) / (count0 + n_mean).clamp(min=1).unsqueeze(1)
+    eta = torch.where((n_mean > 0).unsqueeze(1), stepped, eta)
+    late = ~in_mean
+    eta = _ema_sequence(eta, vecs[late], ids[late], (rank - room[ids])[late], total - n_mean,
+                        1.0 / (cap + 1))
+    new_counts = torch.minimum(count0 + total, torch.full_like(count0, cap))
+    return eta.to(prototypes.dtype), new_counts.to(counts.dtype).to(counts.device)
+
+
+class PrototypeAccumulator:
+    """Accumulates class mean vectors into initial prototypes (§6.3).
+
+    Intended (``parity=False``): the exact mean of all vectors of a class (running sums in
+    float64). ``parity=True`` (Q11): the official capped 'mean' update. Classes never seen
+    keep the zero vector (and count 0).
+    """
+
+    def __init__(self, n_class: int, dim: int, parity: bool = False, cap: int = COUNT_CAP):
+        self.n_class, self.parity, self.cap = n_class, parity, cap
+        self._state = torch.zeros(n_class, dim, dtype=torch.float64)  # sums, or means (parity)
+        self._counts = torch.zeros(n_class, dtype=torch.int64)
+
+    def add(self, vectors: Tensor, ids: Tensor) -> None:
+        """Add one batch of ``(vectors K×D, ids K)`` in their order."""
+        vectors = vectors.detach().to("cpu", torch.float64)
+        ids = ids.detach().to("cpu", torch.long)
+        if self.parity:
+            self._state, self._counts = mean_update(self._state, self._counts, vectors, ids, self.cap)
+            return
+        _check_update(self._state, vectors, ids)
+        self._state.index_add_(0, ids, vectors)
+        self._counts += torch.bincount(ids, minlength=self.n_class)
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        """``(prototypes C×D float32, counts C int64)``."""
+        if self.parity:
+            return self._state.float(), self._counts.clone()
+        means = self._state / self._counts.clamp(min=1).unsqueeze(1)
+        return means.float(), self._counts.clone()
+
+
+# --------------------------------------------------------------------------- initialisation
+
+def _labels_at(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour downsampling of ``N×H×W`` labels to ``size`` (h, w)."""
+    resized = F.interpolate(labels.unsqueeze(1).float(), size=size, mode="nearest")
+    return resized.squeeze(1).long()
+
+
+def compute_prototypes(model: torch.nn.Module, loader: Iterable[Mapping[str, Any]], n_class: int, *,
+                       passes: int = 1, parity: bool = False, source: bool = False,
+                       device: str | torch.device = "cpu", progress: bool = True,
+                       min_pixels: int = MIN_PIXELS, cap: int = COUNT_CAP) -> tuple[Tensor, Tensor]:
+    """Initial prototypes from a model's predictions over ``loader`` (§6.3).
+
+    Eval mode, no grad; each batch gives ``class_mean_vectors(feat, out)`` (with the labels,
+    nearest-downsampled to the feature size, when ``source``). ``passes`` repeats the loader
+    (the official run uses 4, with ``parity``). Returns ``(prototypes C×D, counts C)``.
+    """
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    acc: PrototypeAccumulator | None = None
+    total = passes * len(loader) if hasattr(loader, "__len__") else None
+    bar = tqdm(total=total, desc="prototypes", disable=not progress)
+    try:
+        with torch.no_grad():
+            for _ in range(passes):
+                for batch in loader:
+                    out = model(batch["img"].to(device))
+                    feat, logits = out["feat"], out["out"]
+                    if logits.shape[1] != n_class:
+                        raise ValueError(f"compute_prototypes: model predicts {logits.shape[1]} "
+                                         f"classes, expected n_class={n_class}")
+                    labels = _labels_at(batch["label"].to(device), feat.shape[2:]) if source else None
+                    vectors, ids = class_mean_vectors(feat, logits, labels, min_pixels)
+                    if acc is None:
+                        acc = PrototypeAccumulator(n_class, feat.shape[1], parity, cap)
+                    acc.add(vectors, ids)
+                    bar.update(1)
+    finally:
+        bar.close()
+        model.train(was_training)
+    if acc is None:
+        raise ValueError("compute_prototypes: the loader yielded no batches")
+    return acc.result()
+
+
+# --------------------------------------------------------------------------- HDF5 store
+
+def save_prototypes(path: str | os.PathLike, prototypes: Tensor, counts: Tensor,
+                    attrs: Mapping[str, Any] | None = None) -> None:
+    """Write ``prototypes`` (float32 C×D), ``counts`` (int64 C) and file attrs to HDF5.
+
+    Written to ``<path>.tmp`` and renamed into place.
+    """
+    path = Path(path)
+    if prototypes.dim() != 2 or counts.shape != prototypes.shape[:1]:
+        raise ValueError(f"{path}: prototypes {tuple(prototypes.shape)} must be C×D with one count "
+                         f"per class (got counts {tuple(counts.shape)})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with h5py.File(tmp, "w") as fh:
+            fh.create_dataset("prototypes", data=prototypes.detach().cpu().float().numpy())
+            fh.create_dataset("counts", data=counts.detach().cpu().long().numpy())
+            for key, value in (attrs or {}).items():
+                try:
+                    fh.attrs[key] = value
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"{path}: attribute {key!r} = {value!r} cannot be stored "
+                                     f"in HDF5 ({err})") from None
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _plain(value: Any) -> Any:
+    """HDF5 attribute value -> plain Python (numpy scalars, bytes, small arrays)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def load_prototypes(path: str | os.PathLike) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Read a prototype file: ``(prototypes C×D float32, counts C int64, attrs)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prototype file not found")
+    try:
+        fh = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 file ({err})") from None
+    with fh:
+        for name in ("prototypes", "counts"):
+            if name not in fh or not isinstance(fh[name], h5py.Dataset):
+                raise ValueError(f"{path}: missing dataset {name!r}")
+        protos = torch.from_numpy(np.asarray(fh["prototypes"], dtype=np.float32))
+        counts = torch.from_numpy(np.asarray(fh["counts"], dtype=np.int64))
+        attrs = {key: _plain(value) for key, value in fh.attrs.items()}
+    if protos.dim() != 2 or counts.shape != protos.shape[:1]:
+        raise ValueError(f"{path}: dataset 'prototypes' {tuple(protos.shape)} must be C×D and "
+                         f"'counts' {tuple(counts.shape)} must have C entries")
+    return protos, counts, attrs
