@@ -68,7 +68,10 @@ def save_predictions(pred: torch.Tensor, names: Sequence[str], save_dir: PathLik
 def evaluate_model(model: nn.Module, dataset: Dataset, n_class: int, *, batch_size: int = 4,
                    device: str | torch.device = "auto", num_workers: int = 0,
                    progress: bool = True, save_dir: PathLike | None = None) -> IoUTable:
-    """Confusion-matrix scores of ``model`` over ``dataset`` (items ``img``, ``label``, ``name``)."""
+    """Confusion-matrix scores of ``model`` over ``dataset`` (items ``img``, ``label``, ``name``).
+
+    ``model`` is moved to ``device`` and left in eval mode; ``save_dir`` receives the predictions.
+    """
     dev = resolve_device(device)
     model.to(dev).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,

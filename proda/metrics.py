@@ -86,7 +86,7 @@ class IoUTable:
         rows = [(str(name), 100.0 * float(v)) for name, v in zip(names, self.iou)]
         rows.append(("mIoU", 100.0 * self.miou))
         if n_class == 16:
-            from proda.data.labels import MIOU13_EXCLUDED
+            from proda.data.labels import MIOU13_EXCLUDED  # local: metrics need no data package
 
             kept = [c for c in range(n_class) if c not in MIOU13_EXCLUDED]
             rows += [("mIoU-16", 100.0 * self.miou), ("mIoU-13", 100.0 * self.miou_over(kept))]
