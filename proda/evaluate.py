@@ -98,7 +98,8 @@ def write_eval_csv(table: IoUTable, path: PathLike, n_class: int) -> Path:
     with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["class", "iou"])
-        writer.writerows((key, _format_value(v)) for key, v in table.to_rows(class_names(n_class), n_class))
+        rows = table.to_rows(class_names(n_class), n_class)
+        writer.writerows((key, _format_value(v)) for key, v in rows)
     os.replace(tmp, path)
     return path
 

@@ -97,7 +97,9 @@ class IoUTable:
 
 def iou_table(confusion: ArrayLike) -> IoUTable:
     """Per-class IoU, mIoU, pixel / mean accuracy and frequency-weighted IoU (reference §7)."""
-    h = confusion.detach().cpu().numpy() if isinstance(confusion, torch.Tensor) else np.asarray(confusion)
+    if isinstance(confusion, torch.Tensor):
+        confusion = confusion.detach().cpu().numpy()
+    h = np.asarray(confusion)
     if h.ndim != 2 or h.shape[0] != h.shape[1]:
         raise ValueError(f"confusion matrix must be square 2-D, got shape {h.shape}")
     if (h < 0).any():

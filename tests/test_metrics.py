@@ -131,7 +131,8 @@ def test_agrees_with_cityscapesscripts(tmp_path, monkeypatch) -> None:
         preds.append(lut[pred])
 
     args = copy.copy(cs_eval.args)
-    args.quiet, args.JSONOutput, args.evalInstLevelScore, args.evalPixelAccuracy = True, False, False, False
+    args.quiet, args.JSONOutput = True, False
+    args.evalInstLevelScore, args.evalPixelAccuracy = False, False
     args.exportFile = str(tmp_path / "unused.json")
     result = cs_eval.evaluateImgLists(pred_files, gt_files, args)
 
