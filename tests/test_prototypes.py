@@ -96,6 +96,8 @@ def test_rectify_pseudo_labels_and_threshold():
     labels, _ = P.rectify_pseudo_labels(soft, weights, threshold=cut)
     expected = [lab if c >= cut else 250 for lab, c in zip(labels_exp, conf_exp)]
     assert labels.flatten().tolist() == expected and 250 in expected
+    at_conf, _ = P.rectify_pseudo_labels(soft, weights, threshold=conf[0, 0, 0].item())
+    assert at_conf[0, 0, 0].item() == labels_exp[0]  # conf == threshold is kept (strict <)
 
 
 # ----------------------------------------------------------------------------- class means
