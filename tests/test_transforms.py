@@ -77,7 +77,8 @@ def test_apply_weak_pil_image_crop_flip_and_zero_padding():
     assert np.array_equal(out, arr[2:6, 1:6][:, ::-1])
     p = WeakParams(resized_hw=(6, 8), crop=(4, 8, 5, 9), flip=False)
     out = np.asarray(apply_weak_pil(img, p, Image.Resampling.BILINEAR))
-    assert np.array_equal(out[:2, :3], arr[4:6, 5:8]) and out[2:].max() == 0 and out[:, 3:].max() == 0
+    assert np.array_equal(out[:2, :3], arr[4:6, 5:8])
+    assert out[2:].max() == 0 and out[:, 3:].max() == 0
 
 
 def test_apply_weak_tensor_bilinear_align_corners_on_a_ramp():
