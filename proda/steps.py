@@ -182,7 +182,8 @@ def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -
                         num_workers=cfg["data"]["num_workers"])
     passes = 4 if cfg["parity"] else p["passes"]
     protos, counts = compute_prototypes(model, loader, cfg["data"]["n_class"], passes=passes,
-                                        parity=bool(cfg["parity"]), source=on_source, device=runtime.device)
+                                        parity=bool(cfg["parity"]), source=on_source, device=runtime.device,
+                                        min_pixels=p["min_pixels"], cap=p["cap"])
     save_prototypes(out_h5, protos, counts, {"checkpoint_sha256": checkpoint_digest(checkpoint),
                                              "passes": passes, "on": p["on"]})
 
