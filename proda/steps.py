@@ -115,16 +115,6 @@ def stage1(cfg: Mapping[str, Any], warmup_ckpt: PathLike, soft_h5: PathLike, pro
            meta=_meta(cfg, "stage1"))
 
 
-class _Thresholded:
-    """A hard-label store seen through a fixed confidence threshold."""
-
-    def __init__(self, store, threshold: float):
-        self.store, self.threshold = store, threshold
-
-    def get(self, name: str, threshold: float | None = None):
-        return self.store.get(name, self.threshold if threshold is None else threshold)
-
-
 def distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, hard_h5: PathLike,
             out_ckpt: PathLike, state_dir: PathLike, init_ckpt: PathLike | None = None) -> None:
     """Stage 2 or 3: self-training on hard pseudo labels with distillation (reference §4.3)."""
@@ -136,9 +126,9 @@ def distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, hard_h5:
     seed_everything(cfg["seed"])
     runtime = make_runtime(cfg)
     job = DistillStage(cfg, runtime, stage, str(teacher_ckpt), None if init_ckpt is None else str(init_ckpt))
-    hard = _Thresholded(HardLabelStore(hard_h5), float(cfg[stage]["threshold"]))
     target_view = training_view(target_dataset(cfg, labels=False), cfg, seed=cfg["seed"] + 1, strong=True,
-                                hard_labels=hard)
+                                hard_labels=HardLabelStore(hard_h5),
+                                hard_threshold=float(cfg[stage]["threshold"]))
     _train(job, cfg, runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]), target_view,
            iterations=cfg[stage]["iterations"], out_ckpt=out_ckpt, state_dir=state_dir,
            meta=_meta(cfg, stage))
@@ -174,7 +164,7 @@ def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -
 
     runtime, model = _inference_setup(cfg, checkpoint)
     p = cfg["prototypes"]
-    on_source = p["on"] == "source"
+    on_source = p["domain"] == "source"
     dataset = source_dataset(cfg) if on_source else target_dataset(cfg, labels=False)
     # drop_last as the official command (reference §6.3), unless that would leave nothing
     drop_last = len(dataset) >= cfg["data"]["batch_size"]
@@ -185,7 +175,7 @@ def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -
                                         parity=bool(cfg["parity"]), source=on_source, device=runtime.device,
                                         min_pixels=p["min_pixels"], cap=p["cap"])
     save_prototypes(out_h5, protos, counts, {"checkpoint_sha256": checkpoint_digest(checkpoint),
-                                             "passes": passes, "on": p["on"]})
+                                             "passes": passes, "domain": p["domain"]})
 
 
 def hard_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike,

@@ -114,4 +114,4 @@ class DistillStage(Stage):
             loss = loss + s["distillation"] * loss_kd
         loss.backward()
         self.optimizers["G"].step()
-        return {"loss_src": loss_src.item(), "loss": loss.item(), "loss_kd": float(loss_kd)}
+        return {"loss_src": loss_src.item(), "loss": loss.item(), "loss_kd": loss_kd.item()}

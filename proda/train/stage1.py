@@ -119,5 +119,5 @@ class Stage1(Stage):
             self.prototypes_ = moving_update(eta, vectors, ids, s["proto_momentum"])
         ema_update(self.ema, G, s["ema_momentum"])
         return {"loss_src": loss_src.item(), "loss": loss.item(), "loss_tgt": loss_tgt.item(),
-                "loss_con": float(loss_con)}
+                "loss_con": loss_con.item()}
 
