@@ -1,0 +1,165 @@
+"""Toy-city benchmark: determinism, real layouts read by the real loaders, classes, voids, atomicity."""
+import hashlib
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from proda.data import CityscapesDataset, GTA5Dataset
+from proda.data import toycity
+
+SMALL = dict(n_source=3, n_target_train=3, n_target_val=2, source_size=(64, 36), target_size=(64, 32))
+COUNTS = dict(n_source=24, n_target_train=16, n_target_val=6)
+GTA5_VOID = {0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30, 34}
+CS_NAME = re.compile(r"^([a-z]+)_(\d{6})_(\d{6})_leftImg8bit\.png$")
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> dict[str, Path]:
+    return toycity.generate(tmp_path_factory.mktemp("toy") / "bench", seed=0, **COUNTS)
+
+
+def label_counts(ds) -> np.ndarray:
+    counts = np.zeros(256, np.int64)
+    for i in range(len(ds)):
+        counts += np.bincount(ds.load_pil(i)[1].ravel(), minlength=256)
+    return counts
+
+
+def test_same_seed_is_byte_identical_other_seed_differs(tmp_path, monkeypatch):
+    clock = iter(f"Mon Jan  1 00:00:0{i} 2024" for i in range(10))
+    monkeypatch.setattr(time, "asctime", lambda *a: next(clock))  # scipy stamps split.mat headers
+    a = toycity.generate(tmp_path / "a", seed=5, **SMALL)
+    b = toycity.generate(tmp_path / "b", seed=5, **SMALL)
+    c = toycity.generate(tmp_path / "c", seed=6, **SMALL)
+    ha, hb, hc = (tree_hashes(p["source"].parent) for p in (a, b, c))
+    assert len(ha) == 1 + 2 * 3 + 1 + 2 * (3 + 2)  # split.mat, GTA5 pairs, manifest, Cityscapes pairs
+    assert ha == hb
+    images = [k for k in ha if k.endswith(".png")]
+    assert all(ha[k] != hc[k] for k in images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]  # no temp folders left
+
+
+def test_layout_read_by_real_loaders(bench):
+    src = GTA5Dataset(bench["source"], size=None)
+    assert len(src) == 24 and [s.name for s in src.samples][:2] == ["00001.png", "00002.png"]
+    img, lbl = src.load_pil(23)
+    assert img.size == (160, 88) and lbl.shape == (88, 160)
+    assert Image.open(src.samples[0].label).mode == "P"
+    split = scipy.io.loadmat(str(bench["source"] / "split.mat"))
+    assert sum(len(split[k]) for k in ("trainIds", "valIds", "testIds")) == 24
+    assert np.concatenate([split[k].ravel() for k in ("trainIds", "valIds", "testIds")]).tolist() == list(range(1, 25))
+    cities = {}
+    for split_name, n in (("train", 16), ("val", 6)):
+        ds = CityscapesDataset(bench["target"], split_name, size=None)
+        assert len(ds) == n
+        item = ds[n - 1]
+        assert item["img"].shape == (3, 96, 192) and item["label"].shape == (96, 192)
+        for s in ds.samples:
+            m = CS_NAME.match(s.name)
+            assert m and s.image.parent.name == m.group(1) and m.group(3) == "000019"
+            assert Image.open(s.label).mode == "L"
+        cities[split_name] = {s.image.parent.name for s in ds.samples}
+    assert len(cities["train"]) == 2 and len(cities["val"]) == 1 and not cities["train"] & cities["val"]
+    resized = GTA5Dataset(bench["source"], size=(192, 96))[0]  # a non-native size works too
+    assert resized["img"].shape == (3, 96, 192)
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_class_coverage_and_imbalance(bench, side):
+    ds = GTA5Dataset(bench["source"], size=None) if side == "source" \
+        else CityscapesDataset(bench["target"], "train", size=None)
+    counts = label_counts(ds)[:19]
+    present = counts[counts > 0]
+    assert len(present) >= 10, counts
+    assert present.max() > 10 * present.min()
+    for tid in (0, 1, 2, 8, 10, 13):  # road, sidewalk, building, vegetation, sky, car in every split
+        assert counts[tid] > 0
+
+
+def test_void_pixels_map_to_ignore(bench):
+    for ds, voids in ((GTA5Dataset(bench["source"], size=None), {0, 4, 5, 9}),
+                      (CityscapesDataset(bench["target"], "train", size=None), {1, 3, 4, 5, 9})):
+        seen = set()
+        for i in range(len(ds)):
+            raw = np.asarray(Image.open(ds.samples[i].label))
+            label = ds[i]["label"].numpy()
+            void = np.isin(raw, sorted(GTA5_VOID))
+            seen |= set(np.unique(raw[void]).tolist())
+            assert (label[void] == 250).all()
+            assert (label[~void] < 19).all()
+            assert (label[raw == 7] == 0).all() and (label[raw == 26] == 13).all()  # road, car
+        assert voids <= seen, seen
+    ego_rows = np.asarray(Image.open(ds.samples[0].label))[-1]
+    assert (ego_rows == 1).any()  # the ego vehicle sits on the bottom border of target frames
+
+
+def test_domain_shift_is_real_but_keeps_structure(bench):
+    """Per-class mean colours move between domains while the brightness order of classes stays."""
+    def class_means(ds):
+        sums, n = np.zeros((19, 3)), np.zeros(19)
+        for i in range(len(ds)):
+            img, lbl = ds.load_pil(i)
+            rgb = np.asarray(img, np.float64).reshape(-1, 3)
+            keep = lbl.ravel() < 19
+            np.add.at(sums, lbl.ravel()[keep], rgb[keep])
+            n += np.bincount(lbl.ravel()[keep], minlength=19)
+        return sums / np.maximum(n, 1)[:, None]
+
+    src = class_means(GTA5Dataset(bench["source"], size=None))
+    tgt = class_means(CityscapesDataset(bench["target"], "train", size=None))
+    big = [0, 1, 2, 8, 9, 10]  # road, sidewalk, building, vegetation, terrain, sky
+    shift = np.linalg.norm(src[big] - tgt[big], axis=1)
+    assert (shift > 15).all(), shift
+    assert src[10].sum() > src[0].sum() and tgt[10].sum() > tgt[0].sum()  # sky brighter than road
+    assert src[8, 1] > src[8, 0] and tgt[8, 1] > tgt[8, 0]  # vegetation stays greener than red
+
+
+def test_idempotent_replaces_and_refuses(tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    toycity.generate(out, seed=1, **SMALL)
+    before = tree_hashes(out)
+    stamp = (out / "gta5/images/00001.png").stat().st_mtime_ns
+    toycity.generate(out, seed=1, **SMALL)  # same options: kept as is
+    assert (out / "gta5/images/00001.png").stat().st_mtime_ns == stamp
+    toycity.generate(out, seed=2, **SMALL)  # other options: replaced
+    assert tree_hashes(out) != before and '"seed": 2' in (out / toycity.MANIFEST).read_text()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(toycity, "_write_target", boom)
+    with pytest.raises(RuntimeError):
+        toycity.generate(tmp_path / "half", seed=1, **SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"]  # nothing half-written
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match=re.escape(str(foreign))):
+        toycity.generate(foreign, **SMALL)
+    assert (foreign / "notes.txt").read_text() == "keep"
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="n_target_val"):
+        toycity.generate("/nonexistent/never", n_target_val=0)
+    with pytest.raises(ValueError, match="source_size"):
+        toycity.generate("/nonexistent/never", source_size=(8, 8))
+
+
+def test_cli(tmp_path, capsys):
+    toycity.main([str(tmp_path / "cli"), "--seed", "3", "--n-source", "2", "--n-target-train", "2",
+                  "--n-target-val", "1", "--source-size", "48", "24", "--target-size", "48", "24"])
+    assert f"source: {tmp_path / 'cli' / 'gta5'}" in capsys.readouterr().out
+    assert len(GTA5Dataset(tmp_path / "cli" / "gta5", size=None)) == 2
+    assert Image.open(tmp_path / "cli/gta5/images/00002.png").size == (48, 24)
