@@ -1,6 +1,7 @@
 """Optimisers and the poly learning-rate schedule of the official code (reference §5.1, §1.6, Q1)."""
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Sequence
 
 import torch
@@ -18,7 +19,9 @@ class SequentialSGD(Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        with warnings.catch_warnings():  # the duplicates are the point (Q1)
+            warnings.filterwarnings("ignore", message=".*duplicate parameters.*")
+            super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102

@@ -7,6 +7,8 @@ behaviour (Q12): ``(x - mean) / sqrt(var_biased + eps)``, running var from the u
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
@@ -22,7 +24,9 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         c = x.shape[1]
         count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
         packed = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])
-        packed = dist_fn.all_reduce(packed)
+        with warnings.catch_warnings():  # its replacement is private API; this one is differentiable
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            packed = dist_fn.all_reduce(packed)
         total = packed[-1]
         mean = packed[:c] / total
         var = (packed[c:2 * c] / total - mean * mean).clamp_min(0)
