@@ -15,6 +15,7 @@ import torch
 from proda.config import step_view
 from proda.models import build_model, save_checkpoint
 from proda.train.loop import Trainer, config_digest
+from proda.train.optim import schedule_length
 from proda.train.runtime import Runtime, make_runtime, seed_everything, unwrap
 from proda.train.setup import source_dataset, stream, target_dataset, training_view
 
@@ -54,7 +55,7 @@ def _train(stage, cfg: Mapping[str, Any], runtime: Runtime, source_view, target_
                                    device=runtime.device, progress=False)
             return 100.0 * table.miou
 
-    schedule_iters = train["train_iters"] if cfg["parity"] else iterations  # Q14
+    schedule_iters = schedule_length(iterations, train["train_iters"], bool(cfg["parity"]))  # Q14
     trainer = Trainer(stage, source, target, iterations=iterations, state_dir=state_dir,
                       schedule_iters=schedule_iters, poly_power=train["poly_power"],
                       checkpoint_every=train["checkpoint_every"], log_every=train["log_every"],
@@ -170,12 +171,17 @@ def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -
     drop_last = len(dataset) >= cfg["data"]["batch_size"]
     loader = DataLoader(dataset, batch_size=cfg["data"]["batch_size"], shuffle=False, drop_last=drop_last,
                         num_workers=cfg["data"]["num_workers"])
-    passes = 4 if cfg["parity"] else p["passes"]
+    passes = prototype_passes(p["passes"], bool(cfg["parity"]))
     protos, counts = compute_prototypes(model, loader, cfg["data"]["n_class"], passes=passes,
                                         parity=bool(cfg["parity"]), source=on_source, device=runtime.device,
                                         min_pixels=p["min_pixels"], cap=p["cap"])
     save_prototypes(out_h5, protos, counts, {"checkpoint_sha256": checkpoint_digest(checkpoint),
                                              "passes": passes, "domain": p["domain"]})
+
+
+def prototype_passes(passes: int, parity: bool) -> int:
+    """Passes over the data for the initial prototypes: the official 4 in parity (with the cap, Q11)."""
+    return 4 if parity else passes
 
 
 def hard_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike,

@@ -48,8 +48,11 @@ class BatchStream:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
         batches = self._epoch_batches(self.epoch)[self.position:]
+        # a private generator: creating the iterator must not consume the global torch RNG,
+        # or a resumed run would draw different dropout masks than an uninterrupted one
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                            collate_fn=self.collate, pin_memory=self.pin_memory)
+                            collate_fn=self.collate, pin_memory=self.pin_memory,
+                            generator=torch.Generator().manual_seed(self.seed + self.epoch))
         self._it = iter(loader)
 
     def __iter__(self) -> "BatchStream":

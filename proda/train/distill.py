@@ -63,6 +63,11 @@ def build_student(cfg: Mapping[str, Any], stage: str, teacher_ckpt: str, init_ck
     raise ValueError(f"config key '{stage}.student_init' must be one of {', '.join(STUDENT_INITS)}, got {kind!r}")
 
 
+def teacher_view(target: dict, student_view: Tensor, parity: bool) -> Tensor:
+    """The teacher's input: the student's own view (intended); always the strong view in parity (Q8)."""
+    return target["img_strong"] if parity else student_view
+
+
 class DistillStage(Stage):
     """Student trained on thresholded hard pseudo labels, distilled from the previous stage's model."""
 
@@ -107,9 +112,8 @@ class DistillStage(Stage):
         loss = self._pl_loss(z, labels)
         loss_kd = torch.zeros((), device=z.device)
         if s["distillation"] > 0:
-            x_teacher = tgt["img_strong"] if self.parity else x  # Q8: the official teacher always sees x_S
             with torch.no_grad(), self.runtime.autocast():
-                t = up(self.teacher(x_teacher)["out"], (h4, w4)).float()
+                t = up(self.teacher(teacher_view(tgt, x, self.parity))["out"], (h4, w4)).float()
             loss_kd = distillation_kl(z, t, parity=self.parity)
             loss = loss + s["distillation"] * loss_kd
         loss.backward()

@@ -64,3 +64,8 @@ def single_group(model: nn.Module, lr: float) -> list[dict]:
 def poly_schedule(optimizer: Optimizer, max_iter: int, power: float = 0.9) -> LambdaLR:
     """lr = base_lr * max(0, 1 - k / max_iter) ** power, k = number of scheduler steps taken."""
     return LambdaLR(optimizer, lambda k: max(0.0, 1.0 - k / max_iter) ** power)
+
+
+def schedule_length(iterations: int, train_iters: int, parity: bool) -> int:
+    """Poly-schedule length: the run's own length, or the official fixed ``train_iters`` (parity, Q14)."""
+    return train_iters if parity else iterations
