@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from torch.utils.data import Dataset
 
 from proda.config import step_view
 from proda.models import build_model, save_checkpoint
-from proda.train.loop import Trainer, config_digest
+from proda.train.loop import Stage, Trainer, config_digest
 from proda.train.optim import schedule_length
 from proda.train.runtime import Runtime, make_runtime, seed_everything, unwrap
 from proda.train.setup import source_dataset, stream, target_dataset, training_view
@@ -38,87 +40,93 @@ def toycity(cfg: Mapping[str, Any], out_dir: PathLike) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------------- training
-def _train(stage, cfg: Mapping[str, Any], runtime: Runtime, source_view, target_view, *, iterations: int,
-           out_ckpt: PathLike, state_dir: PathLike, meta: dict[str, Any], progress: bool = True) -> None:
-    """Run ``stage`` with the shared loop and export its final model in the official layout."""
-    train = cfg["train"]
-    source = stream(source_view, cfg, runtime, seed=cfg["seed"])
-    target = stream(target_view, cfg, runtime, seed=cfg["seed"] + 1, drop_last=cfg["data"]["drop_last"])
-    validate = None
-    if train["val_every"] > 0:
-        from proda.evaluate import evaluate_model
+@dataclass
+class Job:
+    """A constructed training stage with its data views, ready to run (or to benchmark)."""
 
-        val = target_dataset(cfg, cfg["eval"]["split"])
+    stage: Stage
+    runtime: Runtime
+    source_view: Dataset
+    target_view: Dataset
+    iterations: int
 
-        def validate(model):  # noqa: E306 - closure over the val set
-            table = evaluate_model(model, val, cfg["data"]["n_class"], batch_size=cfg["eval"]["batch_size"],
-                                   device=runtime.device, progress=False)
-            return 100.0 * table.miou
+    def streams(self, cfg: Mapping[str, Any]):
+        """The (source, target) batch streams of this job."""
+        return (stream(self.source_view, cfg, self.runtime, seed=cfg["seed"]),
+                stream(self.target_view, cfg, self.runtime, seed=cfg["seed"] + 1,
+                       drop_last=cfg["data"]["drop_last"]))
 
-    schedule_iters = schedule_length(iterations, train["train_iters"], bool(cfg["parity"]))  # Q14
-    trainer = Trainer(stage, source, target, iterations=iterations, state_dir=state_dir,
-                      schedule_iters=schedule_iters, poly_power=train["poly_power"],
-                      checkpoint_every=train["checkpoint_every"], log_every=train["log_every"],
-                      validate=validate, val_every=train["val_every"], select=train["select"],
-                      progress=progress)
+
+def _validator(cfg: Mapping[str, Any], runtime: Runtime):
+    """mIoU (percent) of a model on the target evaluation split, or None when validation is off."""
+    if cfg["train"]["val_every"] <= 0:
+        return None
+    from proda.evaluate import evaluate_model
+
+    val = target_dataset(cfg, cfg["eval"]["split"])
+
+    def validate(model) -> float:
+        table = evaluate_model(model, val, cfg["data"]["n_class"], batch_size=cfg["eval"]["batch_size"],
+                               device=runtime.device, progress=False)
+        return 100.0 * table.miou
+
+    return validate
+
+
+def run_job(job: Job, cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike, step: str) -> None:
+    """Train ``job`` with the shared loop and export its final model in the official layout."""
+    train, runtime = cfg["train"], job.runtime
+    source, target = job.streams(cfg)
+    trainer = Trainer(job.stage, source, target, iterations=job.iterations, state_dir=state_dir,
+                      schedule_iters=schedule_length(job.iterations, train["train_iters"], bool(cfg["parity"])),
+                      poly_power=train["poly_power"], checkpoint_every=train["checkpoint_every"],
+                      log_every=train["log_every"], validate=_validator(cfg, runtime),
+                      val_every=train["val_every"], select=train["select"])
     trainer.run()
     if runtime.is_main:
-        model = unwrap(stage.student)
+        model = unwrap(job.stage.student)
         model.load_state_dict(trainer.final_student_state())
-        save_checkpoint(out_ckpt, model, prototypes=stage.prototypes(), iteration=trainer.iteration,
-                        best_iou=max(trainer.best_iou, 0.0), meta=meta, extra=stage.export_extra())
+        save_checkpoint(out_ckpt, model, prototypes=job.stage.prototypes(), iteration=trainer.iteration,
+                        best_iou=max(trainer.best_iou, 0.0), meta=_meta(cfg, step),
+                        extra=job.stage.export_extra())
     runtime.barrier()
 
 
-def warmup(cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike) -> None:
-    """Train the warm-up model, or import ``warmup.checkpoint`` (e.g. the released one) as is."""
-    given = cfg["warmup"]["checkpoint"]
-    if given:
-        model, ckpt = build_model(given)  # validates the file (clear error on mismatch)
-        if model.num_classes != cfg["data"]["n_class"]:
-            raise ValueError(f"config key 'warmup.checkpoint': {given} has {model.num_classes} classes, "
-                             f"data.n_class is {cfg['data']['n_class']}")
-        tmp = Path(str(out_ckpt) + ".tmp")
-        Path(out_ckpt).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(given, tmp)
-        os.replace(tmp, out_ckpt)
-        return
+def build_warmup(cfg: Mapping[str, Any]) -> Job:
+    """The warm-up stage: source crops and weak target crops."""
     from proda.train.warmup import WarmupStage
 
     seed_everything(cfg["seed"])
     runtime = make_runtime(cfg)
-    stage = WarmupStage(cfg, runtime)
-    _train(stage, cfg, runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]),
-           training_view(target_dataset(cfg), cfg, seed=cfg["seed"] + 1),
-           iterations=cfg["warmup"]["iterations"], out_ckpt=out_ckpt, state_dir=state_dir,
-           meta=_meta(cfg, "warmup"))
+    return Job(WarmupStage(cfg, runtime), runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]),
+               training_view(target_dataset(cfg, labels=False), cfg, seed=cfg["seed"] + 1),
+               cfg["warmup"]["iterations"])
 
 
-def stage1(cfg: Mapping[str, Any], warmup_ckpt: PathLike, soft_h5: PathLike, prototypes_h5: PathLike,
-           out_ckpt: PathLike, state_dir: PathLike) -> None:
-    """Prototype-rectified self-training from the warm-up model (reference §4.2)."""
+def build_stage1(cfg: Mapping[str, Any], warmup_ckpt: PathLike, soft_h5: PathLike,
+                 prototypes_h5: PathLike) -> Job:
+    """Stage 1: weak/strong/full target views with the soft pseudo labels."""
     from proda.prototypes import load_prototypes
     from proda.pseudo_labels import SoftLabelStore
     from proda.train.stage1 import Stage1
 
     seed_everything(cfg["seed"])
     runtime = make_runtime(cfg)
-    prototypes, _, _ = load_prototypes(prototypes_h5)
-    stage = Stage1(cfg, runtime, str(warmup_ckpt), prototypes)
     soft = SoftLabelStore(soft_h5)
     if soft.n_class != cfg["data"]["n_class"]:
         raise ValueError(f"{soft_h5} holds {soft.n_class} classes, config key 'data.n_class' is "
                          f"{cfg['data']['n_class']}")
+    prototypes_, _, _ = load_prototypes(prototypes_h5)
+    stage = Stage1(cfg, runtime, str(warmup_ckpt), prototypes_)
     target_view = training_view(target_dataset(cfg, labels=False), cfg, seed=cfg["seed"] + 1, strong=True,
                                 full_image=True, soft_labels=soft)
-    _train(stage, cfg, runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]), target_view,
-           iterations=cfg["stage1"]["iterations"], out_ckpt=out_ckpt, state_dir=state_dir,
-           meta=_meta(cfg, "stage1"))
+    return Job(stage, runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]), target_view,
+               cfg["stage1"]["iterations"])
 
 
-def distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, hard_h5: PathLike,
-            out_ckpt: PathLike, state_dir: PathLike, init_ckpt: PathLike | None = None) -> None:
-    """Stage 2 or 3: self-training on hard pseudo labels with distillation (reference §4.3)."""
+def build_distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, hard_h5: PathLike,
+                  init_ckpt: PathLike | None = None) -> Job:
+    """Stage 2 or 3: weak/strong target views with thresholded hard pseudo labels."""
     from proda.pseudo_labels import HardLabelStore
     from proda.train.distill import DistillStage
 
@@ -130,9 +138,36 @@ def distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, hard_h5:
     target_view = training_view(target_dataset(cfg, labels=False), cfg, seed=cfg["seed"] + 1, strong=True,
                                 hard_labels=HardLabelStore(hard_h5),
                                 hard_threshold=float(cfg[stage]["threshold"]))
-    _train(job, cfg, runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]), target_view,
-           iterations=cfg[stage]["iterations"], out_ckpt=out_ckpt, state_dir=state_dir,
-           meta=_meta(cfg, stage))
+    return Job(job, runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]), target_view,
+               cfg[stage]["iterations"])
+
+
+def warmup(cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike) -> None:
+    """Train the warm-up model, or import ``warmup.checkpoint`` (e.g. the released one) as is."""
+    given = cfg["warmup"]["checkpoint"]
+    if given:
+        model, _ = build_model(given)  # validates the file (clear error on mismatch)
+        if model.num_classes != cfg["data"]["n_class"]:
+            raise ValueError(f"config key 'warmup.checkpoint': {given} has {model.num_classes} classes, "
+                             f"data.n_class is {cfg['data']['n_class']}")
+        tmp = Path(str(out_ckpt) + ".tmp")
+        Path(out_ckpt).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(given, tmp)
+        os.replace(tmp, out_ckpt)
+        return
+    run_job(build_warmup(cfg), cfg, out_ckpt, state_dir, "warmup")
+
+
+def stage1(cfg: Mapping[str, Any], warmup_ckpt: PathLike, soft_h5: PathLike, prototypes_h5: PathLike,
+           out_ckpt: PathLike, state_dir: PathLike) -> None:
+    """Prototype-rectified self-training from the warm-up model (reference §4.2)."""
+    run_job(build_stage1(cfg, warmup_ckpt, soft_h5, prototypes_h5), cfg, out_ckpt, state_dir, "stage1")
+
+
+def distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, hard_h5: PathLike,
+            out_ckpt: PathLike, state_dir: PathLike, init_ckpt: PathLike | None = None) -> None:
+    """Stage 2 or 3: self-training on hard pseudo labels with distillation (reference §4.3)."""
+    run_job(build_distill(cfg, stage, teacher_ckpt, hard_h5, init_ckpt), cfg, out_ckpt, state_dir, stage)
 
 
 # ---------------------------------------------------------------------------- inference
