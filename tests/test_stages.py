@@ -154,3 +154,32 @@ def test_torchrun_ddp_two_cpu_processes(toy, tmp_path):
     assert ckpt["iter"] == 2
     assert "module." not in next(iter(ckpt["ResNet101"]["model_state"]))
     assert ckpt["ResNet101"]["objective_vectors"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("parity", [False, True])
+def test_whole_chain_runs_in_both_modes(toy, tmp_path, parity):
+    """warm-up → soft labels → prototypes → stage 1 → hard labels → stage 2 → stage 3, both settings."""
+    import h5py
+
+    cfg = copy.deepcopy(toy["cfg"])
+    cfg["parity"] = parity
+    for stage in ("warmup", "stage1", "stage2", "stage3"):
+        cfg[stage]["iterations"] = 2
+    r = tmp_path
+    steps.warmup(cfg, r / "warmup.pt", r / "s0")
+    steps.soft_labels(cfg, r / "warmup.pt", r / "soft.h5")
+    steps.prototypes(cfg, r / "warmup.pt", r / "protos.h5")
+    steps.stage1(cfg, r / "warmup.pt", r / "soft.h5", r / "protos.h5", r / "stage1.pt", r / "s1")
+    steps.hard_labels(cfg, r / "stage1.pt", r / "hard1.h5")
+    steps.distill(cfg, "stage2", r / "stage1.pt", r / "hard1.h5", r / "stage2.pt", r / "s2", r / "warmup.pt")
+    steps.hard_labels(cfg, r / "stage2.pt", r / "hard2.h5")
+    steps.distill(cfg, "stage3", r / "stage2.pt", r / "hard2.h5", r / "stage3.pt", r / "s3")
+    table = steps.evaluate(cfg, r / "stage3.pt", r / "stage3.csv")
+    assert 0.0 <= table.miou <= 1.0
+    with h5py.File(r / "protos.h5") as fh:
+        assert fh.attrs["passes"] == (4 if parity else 1)
+    s1, s3 = load_checkpoint(r / "stage1.pt"), load_checkpoint(r / "stage3.pt")
+    assert s1["iter"] == s3["iter"] == 2
+    assert s1["ResNet101"]["objective_vectors"].abs().sum() > 0       # the moving prototypes
+    assert "bn_pretrain.weight" in s3["ResNet101"]["model_state"]      # stage 3 keeps bn_clr
+    assert (r / "s1/train.csv").read_text().startswith("iteration,loss_src,loss,loss_tgt,loss_con,lr")
