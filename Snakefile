@@ -6,6 +6,11 @@
     snakemake --cores all --profile slurm --configfile ...  # on a SLURM cluster
 
 Every artifact lands under results_dir/experiment/ (RES); see workflow/rules/common.smk.
+Config: proda/defaults.yaml <- config.yaml <- --configfile files, validated against
+workflow/schemas/config.schema.yaml before any job starts. Several experiments may share one
+results_dir: the toy data and every artifact whose config and upstream chain are identical are
+computed once (results_dir/store/, see workflow/scripts/_worker.py). Training rules whose `gpu`
+resource is raised above 1 run under torchrun (see workflow/rules/train.smk).
 """
 import sys
 

@@ -339,6 +339,7 @@ def test_html_report_has_the_results_and_captions(tiny_run):
     html = (tiny_run.dir / "report.html").read_text(errors="replace")
     assert len(html) > 100_000 and "summary.csv" in html and "miou_by_stage.png" in html
     assert "Stage x class table" in html and "after each stage" in html
+    assert "of the stage2 model" in html  # captions are rendered per job (wildcards)
 
 
 @pytest.mark.slow
