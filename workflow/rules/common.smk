@@ -94,8 +94,9 @@ def view(step: str) -> dict:
 # ---- provenance keys: sharing artifacts between experiments of one results_dir ----
 # KEYS[job] digests the job's step view, the keys of the jobs it consumes and the identity of
 # external files (warm-up checkpoint, pretrained weights). Workers file each finished artifact
-# under <results_dir>/store/<job>-<key>/ and, when another experiment already filed one with the
-# same key (and the same proda code), hard-link it instead of recomputing (_worker.py).
+# under <results_dir>/store/<rule>-<key>/ and, when another experiment already filed one with the
+# same key (and the same proda code), symlink it instead of recomputing (_worker.py). The job
+# still appears in a dry-run; it just finishes in seconds.
 def _file_id(path):
     if path is None:
         return None
