@@ -89,6 +89,7 @@ def run_job(job: Job, cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: Pat
         save_checkpoint(out_ckpt, model, prototypes=job.stage.prototypes(), iteration=trainer.iteration,
                         best_iou=max(trainer.best_iou, 0.0), meta=_meta(cfg, step),
                         extra=job.stage.export_extra())
+        trainer.discard_state()
     runtime.barrier()
 
 

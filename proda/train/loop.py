@@ -5,6 +5,7 @@ import csv
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -158,8 +159,10 @@ class Trainer:
         """Train until ``iterations``, resuming from the state directory when possible."""
         self._resume()
         runtime = self.stage.runtime
+        interactive = sys.stderr.isatty()  # in log files: one plain line per log_every instead of a bar
         bar = tqdm(total=self.iterations, initial=self.iteration, desc=self.stage.name,
-                   disable=not (self.progress and runtime.is_main), dynamic_ncols=True, mininterval=1.0)
+                   disable=not (self.progress and runtime.is_main and interactive), dynamic_ncols=True,
+                   mininterval=1.0)
         start, done = time.perf_counter(), 0
         while self.iteration < self.iterations:
             src, tgt = next(self.source), next(self.target)
@@ -174,6 +177,10 @@ class Trainer:
             if self.iteration % self.log_every == 0 or self.iteration == self.iterations:
                 lr = next(iter(self.stage.optimizers.values())).param_groups[0]["lr"]
                 self._log({"iteration": self.iteration, **losses, "lr": lr, "images_per_s": ips})
+                if not interactive and runtime.is_main:
+                    scalars = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
+                    print(f"[{self.stage.name}] {self.iteration}/{self.iterations} {scalars} lr={lr:.3g} "
+                          f"img/s={ips:.1f}", flush=True)
             if self.val_every and self.iteration % self.val_every == 0:
                 self._validate()
             if self.iteration % self.checkpoint_every == 0 or self.iteration == self.iterations:
@@ -186,6 +193,11 @@ class Trainer:
         if self.select == "best_on_val" and miou >= self.best_iou:
             self.best_iou = miou
             self.best_state = {k: v.detach().cpu().clone() for k, v in unwrap(self.stage.student).state_dict().items()}
+
+    def discard_state(self) -> None:
+        """Remove the resume checkpoint once the final model is exported (the scalar log stays)."""
+        if self.stage.runtime.is_main:
+            (self.state_dir / STATE_FILE).unlink(missing_ok=True)
 
     def final_student_state(self) -> dict[str, torch.Tensor]:
         """The exported weights: the last ones, or the best on target val when so selected."""
