@@ -12,6 +12,7 @@ results_dir: the toy data and every artifact whose config and upstream chain are
 computed once (results_dir/store/, see workflow/scripts/_worker.py). Training rules whose `gpu`
 resource is raised above 1 run under torchrun (see workflow/rules/train.smk).
 """
+import os
 import sys
 
 sys.path.insert(0, workflow.basedir)  # `proda` importable without installing it
@@ -46,3 +47,12 @@ include: "workflow/rules/prototypes.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+
+
+onsuccess:
+    summary = f"{RES}/report/summary.csv"
+    if os.path.exists(summary):
+        from proda.report import format_summary
+
+        print(format_summary(summary))
+        print(f"Report: {summary} (plots beside it); HTML: snakemake --report {RES}/report.html")

@@ -124,6 +124,18 @@ def write_summary(table: pd.DataFrame, out_dir: PathLike) -> dict[str, Path]:
     return paths
 
 
+def format_summary(summary_csv: PathLike) -> str:
+    """A compact text table of target mIoU per stage (and its change from the first stage)."""
+    table = pd.read_csv(summary_csv, index_col=0)
+    cols = [c for c in ("mIoU", "mIoU-13") if c in table.columns]
+    lines = ["stage      " + "  ".join(f"{c:>8}" for c in cols) + "   vs first"]
+    first = table[cols[0]].iloc[0]
+    for stage, row in table.iterrows():
+        cells = "  ".join(f"{row[c]:8.2f}" for c in cols)
+        lines.append(f"{stage:<10} {cells}   {row[cols[0]] - first:+7.2f}")
+    return "\n".join(lines)
+
+
 def _stage_arg(text: str) -> tuple[str, str]:
     stage, sep, path = text.partition("=")
     if not sep or not stage or not path:

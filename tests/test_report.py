@@ -91,3 +91,14 @@ def test_cli(csvs, tmp_path, capsys) -> None:
     assert (out / "summary.csv").is_file()
     with pytest.raises(SystemExit):
         main(["--out-dir", str(out), "no-equals-sign"])
+
+
+def test_format_summary_lists_each_stage_with_its_change(tmp_path):
+    from proda.report import format_summary
+
+    path = tmp_path / "summary.csv"
+    path.write_text("stage,road,mIoU\nwarmup,50.0,20.0\nstage1,55.0,22.5\n")
+    lines = format_summary(path).splitlines()
+    assert lines[0].split()[:2] == ["stage", "mIoU"]
+    assert lines[1].split() == ["warmup", "20.00", "+0.00"]
+    assert lines[2].split() == ["stage1", "22.50", "+2.50"]
