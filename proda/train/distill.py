@@ -92,12 +92,7 @@ class DistillStage(Stage):
     def step(self, source: dict, target: dict, iteration: int) -> dict[str, float]:
         src, tgt = to_device(source, self.runtime), to_device(target, self.runtime)
         G, s = self.student, self.s
-        G.train()
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        crop = tuple(src["img"].shape[-2:])
-        with self.runtime.autocast():
-            loss_src = cross_entropy(up(G(src["img"])["out"], crop).float(), src["label"])
-        loss_src.backward()
+        loss_src = self.source_step(src)
 
         h4, w4 = tgt["img"].shape[-2] // 4, tgt["img"].shape[-1] // 4
         labels = tgt["lp"][:, ::4, ::4]  # nearest x0.25: picks pixel (4i, 4j)

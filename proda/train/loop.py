@@ -15,9 +15,11 @@ from torch import nn
 from torch.optim import Optimizer
 from tqdm import tqdm
 
+from proda.losses import cross_entropy
 from proda.train.batches import BatchStream
 from proda.train.optim import poly_schedule
 from proda.train.runtime import Runtime, rng_state, set_rng_state, unwrap
+from proda.train.setup import up
 
 STATE_FILE = "last.pt"
 LOG_FILE = "train.csv"
@@ -51,6 +53,17 @@ class Stage:
 
     def prototypes(self) -> torch.Tensor | None:
         return None
+
+    def source_step(self, src: dict) -> torch.Tensor:
+        """Student to train mode, zero grads, ``L_src`` at crop resolution, backward at once (§4.2 step 1)."""
+        self.student.train()
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        with self.runtime.autocast():
+            out = self.student(src["img"])["out"]
+        loss = cross_entropy(up(out, tuple(src["img"].shape[-2:])).float(), src["label"])
+        loss.backward()
+        return loss
 
     def export_extra(self) -> dict[str, Any]:
         """Further top-level entries of the exported checkpoint (e.g. the discriminator)."""

@@ -76,12 +76,7 @@ class Stage1(Stage):
         src, tgt = to_device(source, self.runtime), to_device(target, self.runtime)
         G, s, eta = self.student, self.s, self.prototypes_
         T = float(s["proto_temperature"])
-        G.train()
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        crop = tuple(src["img"].shape[-2:])
-        with self.runtime.autocast():
-            loss_src = cross_entropy(up(G(src["img"])["out"], crop).float(), src["label"])
-        loss_src.backward()
+        loss_src = self.source_step(src)
 
         h4, w4 = tgt["img"].shape[-2] // 4, tgt["img"].shape[-1] // 4
         full4 = (tgt["img_full"].shape[-2] // 4, tgt["img_full"].shape[-1] // 4)
