@@ -24,6 +24,7 @@ TRAIN_LOGS = ("state/train.csv", "train.csv")
 
 def redirect_output(log_path: str) -> None:
     """Send stdout/stderr of this process (Python, C extensions, children) to the rule's log."""
+    os.environ.setdefault("TQDM_MININTERVAL", "30")  # progress bars: a line every 30 s in a log file
     sys.stdout.flush()
     sys.stderr.flush()
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
