@@ -52,6 +52,14 @@ def _build(stage: str, cfg: dict, work: Path, ckpts: dict) -> steps.Job:
     return steps.build_distill(cfg, stage, teacher, work / labels, ckpts["warmup"])
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(stage: str, cfg: dict, work: Path, ckpts: dict, iters: int) -> dict:
     """Time ``iters`` steps of ``stage`` (after 3 untimed ones) in this process."""
     job = _build(stage, cfg, work, ckpts)
@@ -68,8 +76,7 @@ def measure(stage: str, cfg: dict, work: Path, ckpts: dict, iters: int) -> dict:
     if cuda:
         torch.cuda.synchronize()
     sec = (time.perf_counter() - start) / iters
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
     return {"stage": stage, "device": str(job.runtime.device), "sec_per_iter": round(sec, 4),
             "images_per_s": round(cfg["data"]["batch_size"] / sec, 2),
             "peak_memory_mb": round(peak, 1), "memory_kind": "cuda allocated" if cuda else "process RSS"}
