@@ -183,3 +183,50 @@ def test_whole_chain_runs_in_both_modes(toy, tmp_path, parity):
     assert s1["ResNet101"]["objective_vectors"].abs().sum() > 0       # the moving prototypes
     assert "bn_pretrain.weight" in s3["ResNet101"]["model_state"]      # stage 3 keeps bn_clr
     assert (r / "s1/train.csv").read_text().startswith("iteration,loss_src,loss,loss_tgt,loss_con,lr")
+
+
+def test_warmup_step_imports_a_given_checkpoint(toy, tmp_path):
+    """warmup.checkpoint (e.g. the released file) is validated and taken as the warm-up model."""
+    cfg = copy.deepcopy(toy["cfg"])
+    official = {"ResNet101": {"model_state": DeepLabV2(19, **TINY_MODEL).state_dict()}, "iter": 1000,
+                "best_iou": 0.4}
+    torch.save(official, tmp_path / "released.pkl")
+    cfg["warmup"]["checkpoint"] = str(tmp_path / "released.pkl")
+    steps.warmup(cfg, tmp_path / "warmup/model.pt", tmp_path / "state")
+    assert (tmp_path / "warmup/model.pt").read_bytes() == (tmp_path / "released.pkl").read_bytes()
+    cfg["data"]["n_class"] = 16
+    with pytest.raises(ValueError, match="warmup.checkpoint"):
+        steps.warmup(cfg, tmp_path / "other.pt", tmp_path / "state")
+
+
+def test_distillation_student_initialisations(toy, tmp_path):
+    from proda.models import is_backbone_key
+    from proda.train.distill import build_student
+
+    cfg = copy.deepcopy(toy["cfg"])
+    torch.manual_seed(0)
+    teacher = DeepLabV2(19, bn_clr=True, **TINY_MODEL)
+    save_checkpoint(tmp_path / "teacher.pt", teacher)
+    warm = DeepLabV2(19, **TINY_MODEL)
+    save_checkpoint(tmp_path / "warmup.pt", warm)
+    pretrained = {k: v for k, v in DeepLabV2(19, **TINY_MODEL).state_dict().items() if is_backbone_key(k)}
+    torch.save({"state_dict": pretrained}, tmp_path / "simclr.pth")
+    torch.save(pretrained, tmp_path / "imagenet.pth")
+    cfg["model"].update(simclr=str(tmp_path / "simclr.pth"), imagenet=str(tmp_path / "imagenet.pth"))
+
+    def student(kind: str):
+        cfg["stage2"]["student_init"] = kind
+        return build_student(cfg, "stage2", str(tmp_path / "teacher.pt"), str(tmp_path / "warmup.pt"))
+
+    resumed = student("resume").state_dict()
+    assert all(torch.equal(resumed[k], v) for k, v in teacher.state_dict().items())
+    for kind, source in (("simclr", pretrained), ("imagenet", pretrained),
+                         ("warmup_backbone", {k: v for k, v in warm.state_dict().items() if is_backbone_key(k)})):
+        model = student(kind)
+        state = model.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in source.items()), kind
+        assert model.bn_clr == (kind != "imagenet")  # bn_clr is only honoured off the ImageNet path (§1.2)
+        assert not torch.equal(state["layer5.head.1.weight"], teacher.state_dict()["layer5.head.1.weight"])
+    cfg["model"]["simclr"] = None
+    with pytest.raises(ValueError, match="model.simclr"):
+        student("simclr")
