@@ -10,12 +10,7 @@ import copy
 import torch
 from torch import nn
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper."""
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
+from proda.models.checkpoint import unwrap
 
 
 def make_ema(model: nn.Module) -> nn.Module:

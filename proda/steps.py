@@ -15,10 +15,10 @@ import torch
 from torch.utils.data import Dataset
 
 from proda.config import step_view
-from proda.models import build_model, save_checkpoint
+from proda.models import build_model, save_checkpoint, unwrap
 from proda.train.loop import Stage, Trainer, config_digest
 from proda.train.optim import schedule_length
-from proda.train.runtime import Runtime, make_runtime, seed_everything, unwrap
+from proda.train.runtime import Runtime, make_runtime, seed_everything
 from proda.train.setup import source_dataset, stream, target_dataset, training_view
 
 PathLike = str | os.PathLike

@@ -16,9 +16,10 @@ from torch.optim import Optimizer
 from tqdm import tqdm
 
 from proda.losses import cross_entropy
+from proda.models import unwrap
 from proda.train.batches import BatchStream
 from proda.train.optim import poly_schedule
-from proda.train.runtime import Runtime, rng_state, set_rng_state, unwrap
+from proda.train.runtime import Runtime, rng_state, set_rng_state
 from proda.train.setup import up
 
 STATE_FILE = "last.pt"

@@ -9,6 +9,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from proda.models.checkpoint import unwrap
+
 
 class SequentialSGD(Optimizer):
     """SGD (momentum, weight decay, no Nesterov/dampening) that applies one update per list entry.
@@ -50,7 +52,7 @@ def make_sgd(groups: Sequence[dict], *, momentum: float, weight_decay: float, pa
 
 def finetune_groups(model: nn.Module, lr: float, head_lr_mult: float, parity: bool) -> list[dict]:
     """The 1x backbone / 10x head groups of the warm-up and ``--finetune`` stages (reference §1.6)."""
-    base = model.module if hasattr(model, "module") else model
+    base = unwrap(model)
     backbone = [p for p in base.backbone_parameters(parity=parity) if p.requires_grad]
     head = [p for p in base.head_parameters() if p.requires_grad]
     return [{"params": backbone, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}]

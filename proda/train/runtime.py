@@ -111,7 +111,3 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         model.train(was_training)
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
