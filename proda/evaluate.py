@@ -22,36 +22,29 @@ from tqdm import tqdm
 
 from proda.data import DATASET_KINDS, build_dataset
 from proda.data.labels import class_names, colorize
+from proda.files import atomic_path
 from proda.metrics import ConfusionAccumulator, IoUTable
 from proda.models.checkpoint import build_model
+from proda.runtime import eval_mode, resolve_device
 
 PathLike = str | os.PathLike
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-@torch.no_grad()
 def predict(model: nn.Module, img_batch: torch.Tensor,
             size: Sequence[int] | None = None) -> torch.Tensor:
     """Train-id predictions N×H×W: eval mode, logits upsampled (bilinear, align_corners=True)
     to ``size`` (H, W; default the input's) and argmax over classes. No flip, no multi-scale."""
-    model.eval()
-    logits = model(img_batch)["out"]
-    size = tuple(size) if size is not None else tuple(img_batch.shape[-2:])
-    logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
-    return logits.argmax(dim=1)
+    with eval_mode(model):
+        logits = model(img_batch)["out"]
+        size = tuple(size) if size is not None else tuple(img_batch.shape[-2:])
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+        return logits.argmax(dim=1)
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
     """Write a uint8 image (H×W → mode L, H×W×3 → RGB) atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def save_predictions(pred: torch.Tensor, names: Sequence[str], save_dir: PathLike,
@@ -70,10 +63,11 @@ def evaluate_model(model: nn.Module, dataset: Dataset, n_class: int, *, batch_si
                    progress: bool = True, save_dir: PathLike | None = None) -> IoUTable:
     """Confusion-matrix scores of ``model`` over ``dataset`` (items ``img``, ``label``, ``name``).
 
-    ``model`` is moved to ``device`` and left in eval mode; ``save_dir`` receives the predictions.
+    ``model`` is moved to ``device`` and predicts in eval mode (its own mode is restored);
+    ``save_dir`` receives the predictions.
     """
     dev = resolve_device(device)
-    model.to(dev).eval()
+    model.to(dev)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=dev.type == "cuda")
     acc = ConfusionAccumulator(n_class)
@@ -93,14 +87,11 @@ def _format_value(value: float) -> str:
 def write_eval_csv(table: IoUTable, path: PathLike, n_class: int) -> Path:
     """The evaluation CSV (``class,iou`` in percent, empty cell for NaN), written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["class", "iou"])
         rows = table.to_rows(class_names(n_class), n_class)
         writer.writerows((key, _format_value(v)) for key, v in rows)
-    os.replace(tmp, path)
     return path
 
 

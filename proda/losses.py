@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = 250
+from proda.data.labels import IGNORE_INDEX
+
 RCE_PROB_MIN = 1e-7
 RCE_ONEHOT_MIN = 1e-4
 RCE_EPS = 1e-6

@@ -7,6 +7,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from proda.data.labels import IGNORE_INDEX, MIOU13_EXCLUDED
+
 ArrayLike = torch.Tensor | np.ndarray
 
 # Rows of the evaluation CSV that follow the per-class rows.
@@ -24,7 +26,7 @@ def _as_index_tensor(x: ArrayLike, what: str) -> torch.Tensor:
 
 
 def confusion_matrix(pred: ArrayLike, gt: ArrayLike, num_classes: int,
-                     ignore_index: int = 250) -> torch.Tensor:
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """C×C int64 confusion matrix (rows = ground truth, columns = prediction).
 
     Only pixels with ``0 <= gt < num_classes`` (and ``gt != ignore_index``) count. ``pred`` and
@@ -86,8 +88,6 @@ class IoUTable:
         rows = [(str(name), 100.0 * float(v)) for name, v in zip(names, self.iou)]
         rows.append(("mIoU", 100.0 * self.miou))
         if n_class == 16:
-            from proda.data.labels import MIOU13_EXCLUDED  # local: metrics need no data package
-
             kept = [c for c in range(n_class) if c not in MIOU13_EXCLUDED]
             rows += [("mIoU-16", 100.0 * self.miou), ("mIoU-13", 100.0 * self.miou_over(kept))]
         rows += [("pixel_acc", 100.0 * self.pixel_acc), ("mean_acc", 100.0 * self.mean_acc),
@@ -121,7 +121,7 @@ def iou_table(confusion: ArrayLike) -> IoUTable:
 class ConfusionAccumulator:
     """Streaming confusion matrix: ``add`` batches, then ``table()``."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 250) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = 250
+from proda.data.labels import IGNORE_INDEX
+from proda.files import atomic_path
+
 MIN_PIXELS = 10
 COUNT_CAP = 3000
 
@@ -260,29 +262,24 @@ def compute_prototypes(model: torch.nn.Module, loader: Iterable[Mapping[str, Any
     """
     from tqdm import tqdm
 
-    was_training = model.training
-    model.eval()
+    from proda.runtime import eval_mode
+
     acc: PrototypeAccumulator | None = None
     total = passes * len(loader) if hasattr(loader, "__len__") else None
-    bar = tqdm(total=total, desc="prototypes", disable=not progress)
-    try:
-        with torch.no_grad():
-            for _ in range(passes):
-                for batch in loader:
-                    out = model(batch["img"].to(device))
-                    feat, logits = out["feat"], out["out"]
-                    if logits.shape[1] != n_class:
-                        raise ValueError(f"compute_prototypes: model predicts {logits.shape[1]} "
-                                         f"classes, expected n_class={n_class}")
-                    labels = _labels_at(batch["label"].to(device), feat.shape[2:]) if source else None
-                    vectors, ids = class_mean_vectors(feat, logits, labels, min_pixels)
-                    if acc is None:
-                        acc = PrototypeAccumulator(n_class, feat.shape[1], parity, cap)
-                    acc.add(vectors, ids)
-                    bar.update(1)
-    finally:
-        bar.close()
-        model.train(was_training)
+    with eval_mode(model), tqdm(total=total, desc="prototypes", disable=not progress) as bar:
+        for _ in range(passes):
+            for batch in loader:
+                out = model(batch["img"].to(device))
+                feat, logits = out["feat"], out["out"]
+                if logits.shape[1] != n_class:
+                    raise ValueError(f"compute_prototypes: model predicts {logits.shape[1]} "
+                                     f"classes, expected n_class={n_class}")
+                labels = _labels_at(batch["label"].to(device), feat.shape[2:]) if source else None
+                vectors, ids = class_mean_vectors(feat, logits, labels, min_pixels)
+                if acc is None:
+                    acc = PrototypeAccumulator(n_class, feat.shape[1], parity, cap)
+                acc.add(vectors, ids)
+                bar.update(1)
     if acc is None:
         raise ValueError("compute_prototypes: the loader yielded no batches")
     return acc.result()
@@ -300,21 +297,15 @@ def save_prototypes(path: str | os.PathLike, prototypes: Tensor, counts: Tensor,
     if prototypes.dim() != 2 or counts.shape != prototypes.shape[:1]:
         raise ValueError(f"{path}: prototypes {tuple(prototypes.shape)} must be C×D with one count "
                          f"per class (got counts {tuple(counts.shape)})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as fh:
-            fh.create_dataset("prototypes", data=prototypes.detach().cpu().float().numpy())
-            fh.create_dataset("counts", data=counts.detach().cpu().long().numpy())
-            for key, value in (attrs or {}).items():
-                try:
-                    fh.attrs[key] = value
-                except (TypeError, ValueError) as err:
-                    raise ValueError(f"{path}: attribute {key!r} = {value!r} cannot be stored "
-                                     f"in HDF5 ({err})") from None
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+        fh.create_dataset("prototypes", data=prototypes.detach().cpu().float().numpy())
+        fh.create_dataset("counts", data=counts.detach().cpu().long().numpy())
+        for key, value in (attrs or {}).items():
+            try:
+                fh.attrs[key] = value
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}: attribute {key!r} = {value!r} cannot be stored "
+                                 f"in HDF5 ({err})") from None
 
 
 def _plain(value: Any) -> Any:

@@ -12,7 +12,6 @@ Stores open their file lazily in each process, which makes them safe in DataLoad
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,6 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from proda.data.labels import IGNORE_INDEX, colorize
+from proda.files import atomic_path
+from proda.runtime import eval_mode
 
 PathLike = str | os.PathLike
 _H5_OPTS: dict[str, Any] = {"chunks": True, "compression": "gzip", "compression_opts": 4,
@@ -45,15 +46,6 @@ class MissingPseudoLabelError(KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0])
-
-
-def checkpoint_digest(path: PathLike, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in ``chunk_size`` pieces."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -97,28 +89,9 @@ def _atomic_h5(out_path: PathLike, kind: str, n_class: int,
     extra = dict(attrs or {})
     if clash := [k for k in _RESERVED_ATTRS if k in extra]:
         raise ValueError(f"attrs may not set the reserved keys {clash}")
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs.update({"n_class": int(n_class), "kind": kind, **extra})
-            yield h5
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd for the duration; the previous mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs.update({"n_class": int(n_class), "kind": kind, **extra})
+        yield h5
 
 
 def generate_soft(model: nn.Module, dataset: Dataset, out_path: PathLike, *, n_class: int,
@@ -132,7 +105,7 @@ def generate_soft(model: nn.Module, dataset: Dataset, out_path: PathLike, *, n_c
     """
     device = torch.device(device)
     model.to(device)
-    with _eval_mode(model), _atomic_h5(out_path, "soft", n_class, attrs) as h5:
+    with eval_mode(model), _atomic_h5(out_path, "soft", n_class, attrs) as h5:
         for x, names in _batches(dataset, batch_size, num_workers, device, progress, "soft labels"):
             probs = _logits(model, x, n_class).softmax(dim=1).half().cpu().numpy()
             for name, p in zip(names, probs):
@@ -162,9 +135,8 @@ def _save_pngs(png_dir: Path, name: str, label: np.ndarray, n_class: int) -> Non
     color = colorize(label, n_class)
     for fname, img in ((f"{stem}.png", Image.fromarray(label, mode="L")),
                        (f"{stem}_color.png", Image.fromarray(color, mode="RGB"))):
-        tmp = png_dir / f".{fname}.tmp"
-        img.save(tmp, format="PNG")
-        os.replace(tmp, png_dir / fname)
+        with atomic_path(png_dir / fname) as tmp:
+            img.save(tmp, format="PNG")
 
 
 def generate_hard(model: nn.Module, dataset: Dataset, out_path: PathLike, *, n_class: int,
@@ -186,7 +158,7 @@ def generate_hard(model: nn.Module, dataset: Dataset, out_path: PathLike, *, n_c
     if pngs is not None:
         pngs.mkdir(parents=True, exist_ok=True)
     attrs = {"flip": bool(flip), **(attrs or {})}
-    with _eval_mode(model), _atomic_h5(out_path, "hard", n_class, attrs) as h5:
+    with eval_mode(model), _atomic_h5(out_path, "hard", n_class, attrs) as h5:
         for x, names in _batches(dataset, batch_size, num_workers, device, progress, "hard labels"):
             conf, label = flip_averaged_probs(model, x, n_class, flip).max(dim=1)
             conf, label = conf.half().cpu().numpy(), label.to(torch.uint8).cpu().numpy()

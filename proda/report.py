@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from proda.files import atomic_path
 from proda.metrics import SUMMARY_KEYS
 
 PathLike = str | os.PathLike
@@ -59,9 +60,8 @@ def summary_table(eval_csvs: Mapping[str, PathLike]) -> pd.DataFrame:
 
 
 def _save_figure(fig: Figure, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def plot_miou(table: pd.DataFrame, path: Path) -> None:
@@ -116,9 +116,8 @@ def write_summary(table: pd.DataFrame, out_dir: PathLike) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.csv", "miou": out / "miou_by_stage.png",
              "per_class": out / "per_class_iou.png"}
-    tmp = paths["summary"].with_name("summary.csv.tmp")
-    table.to_csv(tmp)
-    os.replace(tmp, paths["summary"])
+    with atomic_path(paths["summary"]) as tmp:
+        table.to_csv(tmp)
     plot_miou(table, paths["miou"])
     plot_per_class(table, paths["per_class"])
     return paths

@@ -16,16 +16,17 @@ from torch.utils.data import Dataset
 
 from proda.config import step_view
 from proda.models import build_model, save_checkpoint, unwrap
-from proda.train.loop import Stage, Trainer, config_digest
+from proda.files import atomic_path, digest, file_sha256
+from proda.train.loop import Stage, Trainer
 from proda.train.optim import schedule_length
-from proda.train.runtime import Runtime, make_runtime, seed_everything
+from proda.runtime import Runtime, make_runtime, seed_everything
 from proda.train.setup import source_dataset, stream, target_dataset, training_view
 
 PathLike = str | os.PathLike
 
 
 def _meta(cfg: Mapping[str, Any], step: str, **extra: Any) -> dict[str, Any]:
-    return {"stage": step, "config_digest": config_digest(step_view(cfg, step)), **extra}
+    return {"stage": step, "config_digest": digest(step_view(cfg, step), 16), **extra}
 
 
 # ---------------------------------------------------------------------------- data
@@ -151,10 +152,8 @@ def warmup(cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike) -> N
         if model.num_classes != cfg["data"]["n_class"]:
             raise ValueError(f"config key 'warmup.checkpoint': {given} has {model.num_classes} classes, "
                              f"data.n_class is {cfg['data']['n_class']}")
-        tmp = Path(str(out_ckpt) + ".tmp")
-        Path(out_ckpt).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(given, tmp)
-        os.replace(tmp, out_ckpt)
+        with atomic_path(out_ckpt) as tmp:
+            shutil.copyfile(given, tmp)
         return
     run_job(build_warmup(cfg), cfg, out_ckpt, state_dir, "warmup")
 
@@ -183,13 +182,13 @@ def _inference_setup(cfg: Mapping[str, Any], checkpoint: PathLike):
 
 def soft_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -> None:
     """Soft pseudo labels of the target train split (reference §6.1)."""
-    from proda.pseudo_labels import checkpoint_digest, generate_soft
+    from proda.pseudo_labels import generate_soft
 
     runtime, model = _inference_setup(cfg, checkpoint)
     generate_soft(model, target_dataset(cfg, labels=False), out_h5, n_class=cfg["data"]["n_class"],
                   batch_size=cfg["data"]["batch_size"], device=runtime.device,
                   num_workers=cfg["data"]["num_workers"],
-                  attrs={"checkpoint_sha256": checkpoint_digest(checkpoint)})
+                  attrs={"checkpoint_sha256": file_sha256(checkpoint)})
 
 
 def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -> None:
@@ -197,7 +196,6 @@ def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -
     from torch.utils.data import DataLoader
 
     from proda.prototypes import compute_prototypes, save_prototypes
-    from proda.pseudo_labels import checkpoint_digest
 
     runtime, model = _inference_setup(cfg, checkpoint)
     p = cfg["prototypes"]
@@ -211,7 +209,7 @@ def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -
     protos, counts = compute_prototypes(model, loader, cfg["data"]["n_class"], passes=passes,
                                         parity=bool(cfg["parity"]), source=on_source, device=runtime.device,
                                         min_pixels=p["min_pixels"], cap=p["cap"])
-    save_prototypes(out_h5, protos, counts, {"checkpoint_sha256": checkpoint_digest(checkpoint),
+    save_prototypes(out_h5, protos, counts, {"checkpoint_sha256": file_sha256(checkpoint),
                                              "passes": passes, "domain": p["domain"]})
 
 
@@ -223,7 +221,7 @@ def prototype_passes(passes: int, parity: bool) -> int:
 def hard_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike,
                 png_dir: PathLike | None = None) -> None:
     """Hard pseudo labels with flip TTA over the target train split (reference §6.2)."""
-    from proda.pseudo_labels import checkpoint_digest, generate_hard
+    from proda.pseudo_labels import generate_hard
 
     runtime, model = _inference_setup(cfg, checkpoint)
     h = cfg["hard_labels"]
@@ -231,7 +229,7 @@ def hard_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike,
         png_dir = Path(out_h5).with_suffix("")
     generate_hard(model, target_dataset(cfg, labels=False), out_h5, n_class=cfg["data"]["n_class"],
                   flip=h["flip"], batch_size=cfg["data"]["batch_size"], device=runtime.device,
-                  png_dir=png_dir, attrs={"checkpoint_sha256": checkpoint_digest(checkpoint)})
+                  png_dir=png_dir, attrs={"checkpoint_sha256": file_sha256(checkpoint)})
 
 
 def evaluate(cfg: Mapping[str, Any], checkpoint: PathLike, out_csv: PathLike):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from proda.files import file_sha256
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from proda.data.labels import colorize
 from proda.models import DeepLabV2
 from proda.pseudo_labels import (HardLabelStore, MissingPseudoLabelError, PseudoLabelStoreError,
-                                 SoftLabelStore, checkpoint_digest, generate_hard, generate_soft)
+                                 SoftLabelStore, generate_hard, generate_soft)
 
 torch.set_num_threads(1)
 C = 3
@@ -91,8 +92,8 @@ def test_checkpoint_digest_streams_whole_file(tmp_path):
     data = bytes(range(256)) * 41 + b"tail"
     path = tmp_path / "model.pt"
     path.write_bytes(data)
-    assert checkpoint_digest(path, chunk_size=100) == hashlib.sha256(data).hexdigest()
-    assert checkpoint_digest(path) != hashlib.sha256(data[:-1]).hexdigest()
+    assert file_sha256(path, chunk_size=100) == hashlib.sha256(data).hexdigest()
+    assert file_sha256(path) != hashlib.sha256(data[:-1]).hexdigest()
 
 
 def test_soft_labels_are_native_softmax(tmp_path, model):

@@ -20,7 +20,7 @@ from proda.models import DeepLabV2, load_checkpoint, save_checkpoint
 from proda.prototypes import class_mean_vectors, moving_update
 from proda.train.distill import teacher_view
 from proda.train.optim import schedule_length
-from proda.train.runtime import make_runtime
+from proda.runtime import make_runtime
 from proda.train.setup import source_dataset, stream, target_dataset, training_view, up
 
 REPO = Path(__file__).resolve().parents[1]

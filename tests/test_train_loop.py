@@ -154,7 +154,7 @@ def _sync_forward(bn: GlooSyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_runtime_is_cpu_without_cuda():
-    from proda.train.runtime import make_runtime
+    from proda.runtime import make_runtime
 
     rt = make_runtime({"device": "cpu", "amp": True})
     assert rt.device.type == "cpu" and rt.world_size == int(os.environ.get("WORLD_SIZE", 1))
@@ -166,7 +166,7 @@ class _CountingStage:
     name = "fake"
 
     def __init__(self):
-        from proda.train.runtime import Runtime
+        from proda.runtime import Runtime
 
         self.runtime = Runtime(device=torch.device("cpu"))
         self.student = nn.Linear(1, 1, bias=False)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
+from .labels import IGNORE_INDEX
+
 GREY = 127
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")  # official replay order
 _SMALL_MODES = ("resize", "pad")
@@ -90,7 +92,7 @@ def apply_weak_pil(img: Image.Image, p: WeakParams, resample: int, fill: int = 0
     return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if p.flip else img
 
 
-def apply_weak_label(label: np.ndarray, p: WeakParams, fill: int = 250) -> np.ndarray:
+def apply_weak_label(label: np.ndarray, p: WeakParams, fill: int = IGNORE_INDEX) -> np.ndarray:
     """Weak view of a uint8 H×W label map: nearest resize, crop (padded with ``fill``), flip."""
     if label.ndim != 2 or label.dtype != np.uint8:
         raise ValueError(f"label map must be uint8 H×W, got {label.dtype} {label.shape}")
@@ -292,7 +294,7 @@ def _replay(t: torch.Tensor, p: StrongParams, scale: int, parity: bool) -> torch
     return t
 
 
-def label_strong_T(maps: torch.Tensor, params: Sequence[StrongParams], padding: float = 250,
+def label_strong_T(maps: torch.Tensor, params: Sequence[StrongParams], padding: float = IGNORE_INDEX,
                    scale: int = 4, parity: bool = False) -> torch.Tensor:
     """Move N×K×h×w maps (labels, distances) at 1/``scale`` crop resolution into the strong view.
 

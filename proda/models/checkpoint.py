@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 import proda
+from proda.files import atomic_path
 from proda.models.deeplabv2 import BACKBONES, DeepLabV2
 
 NET_KEY = "ResNet101"
@@ -85,13 +86,8 @@ def save_checkpoint(path: PathLike, model: nn.Module, *, prototypes: Tensor | No
         **dict(extra or {}),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

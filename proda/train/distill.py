@@ -6,15 +6,15 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from proda.data.labels import IGNORE_INDEX
 from proda.data.transforms import label_strong_T
 from proda.losses import cross_entropy, distillation_kl, symmetric_ce
 from proda.models import build_model, is_backbone_key, load_checkpoint, load_imagenet, load_simclr
 from proda.train.loop import Stage
 from proda.train.optim import finetune_groups, make_sgd, single_group
-from proda.train.runtime import Runtime
+from proda.runtime import Runtime
 from proda.train.setup import new_model, to_device, up
 
-IGNORE = 250
 STUDENT_INITS = ("simclr", "imagenet", "scratch", "warmup_backbone", "resume")
 
 
@@ -86,8 +86,8 @@ class DistillStage(Stage):
 
     def _pl_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         if self.s["rce"]:
-            return symmetric_ce(logits, labels, self.s["rce_alpha"], self.s["rce_beta"], ignore_index=IGNORE)
-        return cross_entropy(logits, labels, ignore_index=IGNORE)
+            return symmetric_ce(logits, labels, self.s["rce_alpha"], self.s["rce_beta"], ignore_index=IGNORE_INDEX)
+        return cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
     def step(self, source: dict, target: dict, iteration: int) -> dict[str, float]:
         src, tgt = to_device(source, self.runtime), to_device(target, self.runtime)
@@ -97,7 +97,7 @@ class DistillStage(Stage):
         h4, w4 = tgt["img"].shape[-2] // 4, tgt["img"].shape[-1] // 4
         labels = tgt["lp"][:, ::4, ::4]  # nearest x0.25: picks pixel (4i, 4j)
         if s["S_pseudo"] > 0:
-            labels = label_strong_T(labels[:, None].float(), tgt["strong_params"], padding=IGNORE, scale=4,
+            labels = label_strong_T(labels[:, None].float(), tgt["strong_params"], padding=IGNORE_INDEX, scale=4,
                                     parity=self.parity)[:, 0].round().long()
             x = tgt["img_strong"]
         else:

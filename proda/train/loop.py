@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import os
 import sys
 import time
@@ -15,11 +13,12 @@ from torch import nn
 from torch.optim import Optimizer
 from tqdm import tqdm
 
+from proda.files import atomic_path
 from proda.losses import cross_entropy
 from proda.models import unwrap
 from proda.train.batches import BatchStream
 from proda.train.optim import poly_schedule
-from proda.train.runtime import Runtime, rng_state, set_rng_state
+from proda.runtime import Runtime, rng_state, set_rng_state
 from proda.train.setup import up
 
 STATE_FILE = "last.pt"
@@ -71,15 +70,9 @@ class Stage:
         return {}
 
 
-def config_digest(cfg: Mapping[str, Any]) -> str:
-    """A short digest of a config mapping (recorded in checkpoints)."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class Trainer:

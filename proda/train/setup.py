@@ -11,7 +11,7 @@ from proda.data import build_dataset
 from proda.data.training import TrainingDataset, collate
 from proda.models import DeepLabV2
 from proda.train.batches import BatchStream
-from proda.train.runtime import Runtime
+from proda.runtime import Runtime
 
 
 def up(x: Tensor, size: tuple[int, int]) -> Tensor:

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from proda.data.labels import IGNORE_INDEX
 from proda.data.transforms import full2weak, label_strong_T
 from proda.ema import ema_update, make_ema
 from proda.losses import cross_entropy, prototype_consistency, regulariser, symmetric_ce
@@ -15,10 +16,9 @@ from proda.prototypes import (class_mean_vectors, moving_update, prototype_dista
                               rectification_weights, rectify_pseudo_labels)
 from proda.train.loop import Stage
 from proda.train.optim import make_sgd, single_group
-from proda.train.runtime import Runtime
+from proda.runtime import Runtime
 from proda.train.setup import to_device, up
 
-IGNORE = 250
 
 
 def gather_vectors(vectors: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,9 +65,9 @@ class Stage1(Stage):
     def _target_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         s = self.s
         if s["rce"]:
-            loss = symmetric_ce(logits, labels, s["rce_alpha"], s["rce_beta"], ignore_index=IGNORE)
+            loss = symmetric_ce(logits, labels, s["rce_alpha"], s["rce_beta"], ignore_index=IGNORE_INDEX)
         else:
-            loss = cross_entropy(logits, labels, ignore_index=IGNORE)
+            loss = cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         if s["regular_w"] > 0:
             loss = loss + s["regular_w"] * regulariser(logits, s["regular_type"])
         return loss
@@ -90,18 +90,18 @@ class Stage1(Stage):
         q4 = up(tgt["lpsoft"].float(), (h4, w4))
         if s["proto_rectify"]:
             weights = rectification_weights(weak_feat, eta, T)
-            labels, _ = rectify_pseudo_labels(q4, weights, threshold=s["train_thred"], ignore_index=IGNORE)
+            labels, _ = rectify_pseudo_labels(q4, weights, threshold=s["train_thred"], ignore_index=IGNORE_INDEX)
         else:
             labels, _ = rectify_pseudo_labels(q4, torch.ones_like(q4), threshold=s["train_thred"],
-                                              ignore_index=IGNORE)
+                                              ignore_index=IGNORE_INDEX)
         loss_tgt = self._target_loss(z, labels)
 
         loss_con = torch.zeros((), device=z.device)
         if s["proto_consistW"] > 0:
             dist_weak = prototype_distance(weak_feat, eta)
-            dist_strong = label_strong_T(dist_weak, tgt["strong_params"], padding=IGNORE, scale=4,
+            dist_strong = label_strong_T(dist_weak, tgt["strong_params"], padding=IGNORE_INDEX, scale=4,
                                          parity=self.parity)
-            mask = dist_strong != IGNORE
+            mask = dist_strong != IGNORE_INDEX
             with self.runtime.autocast():
                 g_feat = up(G(tgt["img_strong"])["feat"], (h4, w4)).float()
             loss_con = prototype_consistency(dist_strong, prototype_distance(g_feat, eta), mask, T)

@@ -10,7 +10,7 @@ from proda.losses import cross_entropy, lsgan_loss, vanilla_gan_loss
 from proda.models import FCDiscriminator, load_imagenet, unwrap
 from proda.train.loop import Stage
 from proda.train.optim import finetune_groups, make_sgd
-from proda.train.runtime import Runtime
+from proda.runtime import Runtime
 from proda.train.setup import freeze_batchnorm, new_model, to_device, up
 
 SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0

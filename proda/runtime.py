@@ -13,8 +13,11 @@ import torch.distributed as dist
 from torch import nn
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available (the local rank's GPU under torchrun), else CPU."""
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` → CUDA when available (the local rank's GPU under torchrun), else CPU; ``cuda``
+    without an index → the local rank's GPU; anything else as ``torch.device`` reads it."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -103,11 +106,13 @@ def make_runtime(cfg: Mapping[str, Any]) -> Runtime:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily switch ``model`` to eval mode."""
+    """Inference: ``model`` in eval mode under ``torch.inference_mode`` for the block, its previous
+    train/eval mode restored afterwards."""
     was_training = model.training
     model.eval()
     try:
-        yield model
+        with torch.inference_mode():
+            yield model
     finally:
         model.train(was_training)
 
