@@ -1,50 +1,102 @@
-"""Run configuration: defaults of every hyper-parameter, merging, validation, per-step views."""
+"""Run configuration: defaults (from the schema), merging, the one validation, per-step views.
+
+The schema ``proda/config.schema.yaml`` is the single source of truth: it lists every key with its
+type, allowed values and default. :func:`resolve` (the CLI) and the Snakefile both build a config
+as defaults <- YAML files in order, then run :func:`validate`, which checks the schema and then
+everything that can be checked before a job runs (crop multiples, class count against the
+datasets, the weight files, every dataset split the run reads).
+"""
 from __future__ import annotations
 
 import copy
+import functools
+import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+import jsonschema
 import yaml
 
-DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "config"
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
-# Keys that tune execution only (never the numbers an artifact holds).
-EXECUTION_KEYS = {"device", "amp", "num_workers", "log_every"}
+# Keys that tune execution only (never the numbers an artifact holds): not part of any step view.
+EXECUTION_KEYS = {"device", "num_workers", "log_every", "checkpoint_every"}
 
-# Data keys that shape the training batches.
-_TRAIN_DATA = ("n_class", "source", "target", "batch_size", "resize", "scale_range", "crop",
-               "hflip", "drop_last")
+_TRAIN_DATA = ("n_class", "source", "target", "batch_size", "resize", "scale_range", "crop", "hflip",
+               "drop_last")
 _TARGET_DATA = ("n_class", "target")
 
 # For each workflow step: the config entries its output depends on (section, optional sub-keys).
+# Together with the step's input files they make the step's identity (its folder name).
 STEP_KEYS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
     "toycity": (("data", ("toycity",)),),
-    "warmup": (("parity", None), ("seed", None), ("data", _TRAIN_DATA), ("model", None),
-               ("train", None), ("warmup", None)),
-    "soft_labels": (("data", _TARGET_DATA), ("model", None), ("soft_labels", None)),
-    "prototypes": (("parity", None), ("data", ("n_class", "source", "target", "batch_size")),
+    "warmup": (("parity", None), ("seed", None), ("precision", None), ("data", _TRAIN_DATA),
+               ("model", None), ("train", None), ("warmup", None)),
+    "soft_labels": (("parity", None), ("precision", None), ("data", _TARGET_DATA), ("model", None),
+                    ("soft_labels", None)),
+    "prototypes": (("parity", None), ("precision", None), ("data", ("n_class", "source", "target", "batch_size")),
                    ("model", None), ("prototypes", None)),
-    "stage1": (("parity", None), ("seed", None), ("data", _TRAIN_DATA), ("model", None),
+    "stage1": (("parity", None), ("seed", None), ("precision", None), ("data", _TRAIN_DATA), ("model", None),
                ("train", None), ("stage1", None)),
-    "hard_labels": (("data", _TARGET_DATA), ("model", None), ("hard_labels", None)),
-    "stage2": (("parity", None), ("seed", None), ("data", _TRAIN_DATA), ("model", None),
+    "hard_labels": (("precision", None), ("data", _TARGET_DATA), ("model", None), ("hard_labels", None)),
+    "stage2": (("parity", None), ("seed", None), ("precision", None), ("data", _TRAIN_DATA), ("model", None),
                ("train", None), ("stage2", None)),
-    "stage3": (("parity", None), ("seed", None), ("data", _TRAIN_DATA), ("model", None),
+    "stage3": (("parity", None), ("seed", None), ("precision", None), ("data", _TRAIN_DATA), ("model", None),
                ("train", None), ("stage3", None)),
-    "evaluate": (("data", _TARGET_DATA), ("model", None), ("eval", None)),
+    "evaluate": (("precision", None), ("data", _TARGET_DATA), ("model", None), ("eval", None)),
 }
 
 
 class ConfigError(ValueError):
-    """A configuration key is unknown, has the wrong type, or is missing."""
+    """A configuration key is unknown, has the wrong type or value, or names a missing file."""
+
+
+# ------------------------------------------------------------------------------ schema and defaults
+@functools.cache
+def _schema() -> dict[str, Any]:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def schema() -> dict[str, Any]:
+    """The configuration schema (a fresh copy)."""
+    return copy.deepcopy(_schema())
+
+
+def _resolved(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A schema node with its ``$ref`` / ``allOf`` parts merged in (their properties included)."""
+    parts = [node]
+    if "$ref" in node:
+        parts.insert(0, _schema()["$defs"][node["$ref"].rsplit("/", 1)[1]])
+    for sub in node.get("allOf", []):
+        parts.insert(0, _resolved(sub))
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if key == "properties":
+                props = out.setdefault("properties", {})
+                for name, prop in value.items():
+                    props[name] = {**props.get(name, {}), **prop}
+            elif key not in ("$ref", "allOf"):
+                out[key] = value
+    return out
+
+
+def properties(node: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The resolved child schemas of an object schema node, in file order."""
+    return {name: _resolved(prop) for name, prop in _resolved(node).get("properties", {}).items()}
+
+
+def _defaults_of(node: Mapping[str, Any]) -> Any:
+    node = _resolved(node)
+    if "default" in node:
+        return copy.deepcopy(node["default"])
+    return {name: _defaults_of(prop) for name, prop in node.get("properties", {}).items()}
 
 
 def load_defaults() -> dict[str, Any]:
-    """The built-in defaults (a fresh copy)."""
-    with open(DEFAULTS_PATH) as fh:
-        return yaml.safe_load(fh)
+    """Every key with its default value, read from the schema (a fresh copy)."""
+    return _defaults_of(_schema())
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -58,61 +110,144 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
-def _check(value: Any, default: Any, key: str) -> None:
-    """Raise ConfigError when ``value`` does not fit the type of ``default``."""
-    if default is None or value is None:
+# ------------------------------------------------------------------------------ validation
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    """One line naming the offending key of a schema error."""
+    path = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties":
+        known = set(properties(error.schema)) if "properties" in error.schema or "allOf" in error.schema \
+            else set(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - known)
+        return f"unknown config key '{'.'.join(path + extra[:1])}'"
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return f"missing config key '{'.'.join(path + missing[:1])}'"
+    return f"config key '{'.'.join(path)}': {error.message}"
+
+
+def _schema_problems(cfg: Mapping[str, Any]) -> Iterator[str]:
+    validator = jsonschema.Draft202012Validator(_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(cfg))
+    if error is not None:
+        yield _schema_message(error)
+
+
+def _value_problems(cfg: Mapping[str, Any]) -> Iterator[str]:
+    """Checks across keys that the schema cannot express."""
+    data = cfg["data"]
+    if any(v % 8 for v in data["crop"]):
+        yield f"config key 'data.crop' must hold multiples of 8 (the output stride), got {data['crop']}"
+    if data["source"]["dataset"] == "gta5" and data["n_class"] != 19:
+        yield f"config key 'data.n_class' is {data['n_class']}, but GTA5 labels always have 19 classes"
+    if data["toycity"] is not None:
+        for side, kind in (("source", "gta5"), ("target", "cityscapes")):
+            if data[side]["dataset"] != kind:
+                yield f"config key 'data.{side}.dataset' must be '{kind}' when data.toycity is set"
+    for stage in ("stage2", "stage3"):
+        init = cfg[stage]["student_init"]
+        if init in ("simclr", "imagenet") and cfg["model"][init] is None:
+            yield f"config key 'model.{init}' must name a file when {stage}.student_init is '{init}'"
+
+
+def _file_problems(cfg: Mapping[str, Any]) -> Iterator[str]:
+    for key in ("warmup.checkpoint", "model.imagenet", "model.simclr"):
+        section, name = key.split(".")
+        path = cfg[section][name]
+        if path is not None and not os.path.isfile(path):
+            yield f"config key '{key}': file not found: {path}"
+
+
+def _dataset_problems(cfg: Mapping[str, Any]) -> Iterator[str]:
+    """Every split the run reads exists, is not empty and has its labels (real datasets only;
+    the toy benchmark is generated by the workflow)."""
+    from proda.data import DatasetError, build_dataset
+
+    data = cfg["data"]
+    if data["toycity"] is not None:
         return
-    if isinstance(default, Mapping):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
-        if not default:  # open section (e.g. soft_labels: {})
+    reads = [("source", "train", True), ("target", "train", False), ("target", cfg["eval"]["split"], True)]
+    for side, split, labels in reads:
+        spec = data[side]
+        if not os.path.isdir(spec["root"]):
+            yield f"config key 'data.{side}.root': directory not found: {spec['root']}"
             return
-        for sub, sub_value in value.items():
-            if sub not in default:
-                raise ConfigError(f"unknown config key '{key}.{sub}'")
-            _check(sub_value, default[sub], f"{key}.{sub}")
+        try:
+            build_dataset(spec["dataset"], spec["root"], split=split, n_class=data["n_class"], labels=labels)
+        except (DatasetError, ValueError) as err:
+            yield f"config key 'data.{side}.root' ({spec['dataset']} {split}): {err}"
+            return
+
+
+CHECKS = ("schema", "values", "files")
+
+
+def problems(cfg: Mapping[str, Any], *, checks: str = "files") -> Iterator[str]:
+    """Every problem of a complete config, one line each: the schema, then (``checks`` "values")
+    the cross-key rules, then (``checks`` "files", the default) the files and dataset splits.
+    Later checks only run on a config that fits the schema."""
+    level = CHECKS.index(checks)
+    found = list(_schema_problems(cfg))
+    if found:
+        yield from found
         return
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, (int, float)):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
-            ok = value.is_integer()
-    elif isinstance(default, list):
-        ok = isinstance(value, list) and len(value) == len(default)
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise ConfigError(f"config key '{key}' has the wrong type: {value!r} "
-                          f"(expected {type(default).__name__} like {default!r})")
+    if level >= 1:
+        yield from _value_problems(cfg)
+    if level >= 2:
+        yield from _file_problems(cfg)
+        yield from _dataset_problems(cfg)
 
 
-def validate(config: Mapping[str, Any]) -> None:
-    """Check every key of ``config`` against the defaults (unknown keys and wrong types)."""
-    defaults = load_defaults()
-    for key, value in config.items():
-        if key not in defaults:
-            raise ConfigError(f"unknown config key '{key}'")
-        _check(value, defaults[key], key)
+def validate(cfg: Mapping[str, Any], *, checks: str = "files") -> None:
+    """Raise :class:`ConfigError` with the first problem of a complete config (one line).
+
+    The workflow (before any job) and the CLI run this same function with every check; a job the
+    workflow launches gets a config view it already validated, and re-checks only the schema."""
+    first = next(problems(cfg, checks=checks), None)
+    if first is not None:
+        raise ConfigError(first)
 
 
-def resolve(*overrides: Mapping[str, Any] | str | Path) -> dict[str, Any]:
-    """Defaults deep-merged with each override (a mapping or a YAML path), validated."""
+def effective(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as steps see it: ``parity`` runs in fp32 (the official code has no autocast)."""
+    out = copy.deepcopy(dict(cfg))
+    if out.get("parity"):
+        out["precision"] = "fp32"
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML config file as a mapping (one-line errors naming the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def resolve(*overrides: Mapping[str, Any] | str | Path, checks: str = "files") -> dict[str, Any]:
+    """Defaults deep-merged with each override (a mapping or a YAML path), validated, effective."""
     config = load_defaults()
     for item in overrides:
-        if isinstance(item, (str, Path)):
-            path = Path(item)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            with open(path) as fh:
-                item = yaml.safe_load(fh) or {}
-        validate(item)
-        config = deep_merge(config, item)
-    return config
+        config = deep_merge(config, read_yaml(item) if isinstance(item, (str, Path)) else item)
+    validate(config, checks=checks)
+    return effective(config)
+
+
+# ------------------------------------------------------------------------------ step views
+def _sorted(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    return value
 
 
 def step_view(config: Mapping[str, Any], step: str) -> dict[str, Any]:
-    """The part of ``config`` that determines the output of ``step`` (for Snakemake params)."""
+    """The part of ``config`` that determines the output of ``step`` (keys sorted)."""
     if step not in STEP_KEYS:
         raise ConfigError(f"unknown workflow step '{step}' (known: {', '.join(STEP_KEYS)})")
     view: dict[str, Any] = {}
@@ -123,10 +258,58 @@ def step_view(config: Mapping[str, Any], step: str) -> dict[str, Any]:
         elif isinstance(value, Mapping):
             value = {k: v for k, v in value.items() if k not in EXECUTION_KEYS}
         view[section] = copy.deepcopy(value)
-    return view
+    return _sorted(view)
 
 
 def complete(view: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A full config from a step view (missing keys from the defaults) plus execution settings."""
     return deep_merge(deep_merge(load_defaults(), view), extra or {})
 
+
+def execution_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The execution-only part of a config (what a step view leaves out)."""
+    return {"device": config["device"], "unsafe_pickle": config["unsafe_pickle"],
+            "data": {"num_workers": config["data"]["num_workers"]},
+            "train": {"log_every": config["train"]["log_every"],
+                      "checkpoint_every": config["train"]["checkpoint_every"]}}
+
+
+# ------------------------------------------------------------------------------ documentation
+def _doc_rows(node: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str, str, str]]:
+    for name, prop in properties(node).items():
+        key = f"{prefix}{name}"
+        if prop.get("type") == "object" or "properties" in prop and "default" not in prop:
+            if prop.get("description"):
+                yield key, "section", "", prop["description"]
+            yield from _doc_rows(prop, f"{key}.")
+            continue
+        kind = " \\| ".join(map(str, prop["enum"])) if "enum" in prop else _type_name(prop)
+        default = yaml.safe_dump(prop.get("default"), default_flow_style=True).strip().removesuffix("...").strip()
+        yield key, kind, default, prop.get("description", "")
+
+
+def _type_name(prop: Mapping[str, Any]) -> str:
+    kinds = prop.get("type", "")
+    text = " or ".join(kinds) if isinstance(kinds, list) else str(kinds)
+    if "minimum" in prop or "exclusiveMinimum" in prop or "maximum" in prop:
+        lo = prop.get("minimum", prop.get("exclusiveMinimum"))
+        hi = prop.get("maximum")
+        bounds = f"{'>' if 'exclusiveMinimum' in prop else '>='} {lo}" if lo is not None else ""
+        if hi is not None:
+            bounds += f"{', ' if bounds else ''}<= {hi}"
+        text += f" ({bounds})"
+    return text
+
+
+def config_docs() -> str:
+    """config/README.md: every key with its type, default and meaning, generated from the schema."""
+    lines = ["# Configuration keys", "",
+             "Generated from `proda/config.schema.yaml` by `proda config-docs > config/README.md`; do not",
+             "edit by hand. A run's config is these defaults, deep-merged with `config.yaml` (the toy",
+             "benchmark) or a preset of this folder, then any further `--configfile`. Keys marked",
+             "*execution only* never change an artifact; every other key is part of the identity of",
+             "the steps it affects (docs/method.md says which equation each key controls).", "",
+             "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, kind, default, text in _doc_rows(_schema()):
+        lines.append(f"| `{key}` | {kind} | {f'`{default}`' if default else ''} | {text} |")
+    return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -17,12 +17,14 @@ from torch.utils.data import Dataset
 from proda.config import step_view
 from proda.models import build_model, save_checkpoint, unwrap
 from proda.files import atomic_path, digest, file_sha256
-from proda.train.loop import Stage, Trainer
+from proda.train.loop import LOG_FILE, Stage, Trainer
 from proda.train.optim import schedule_length
 from proda.runtime import Runtime, make_runtime, seed_everything
+from proda.train.resume import job_fingerprint, prepare_state_dir
 from proda.train.setup import source_dataset, stream, target_dataset, training_view
 
 PathLike = str | os.PathLike
+TRAIN_LOG = "train.csv"  # the per-iteration log exported beside each trained model
 
 
 def _meta(cfg: Mapping[str, Any], step: str, **extra: Any) -> dict[str, Any]:
@@ -74,9 +76,15 @@ def _validator(cfg: Mapping[str, Any], runtime: Runtime):
     return validate
 
 
-def run_job(job: Job, cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike, step: str) -> None:
-    """Train ``job`` with the shared loop and export its final model in the official layout."""
+def run_job(job: Job, cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike, step: str,
+            inputs: Sequence[PathLike | None] = ()) -> None:
+    """Train ``job`` with the shared loop and export its final model in the official layout, with
+    its per-iteration log ``train.csv`` beside it. Resume state in ``state_dir`` is used only when
+    the same config view and the same ``inputs`` files wrote it."""
     train, runtime = cfg["train"], job.runtime
+    if runtime.is_main:
+        prepare_state_dir(state_dir, job_fingerprint(step_view(cfg, step), inputs))
+    runtime.barrier()
     source, target = job.streams(cfg)
     trainer = Trainer(job.stage, source, target, iterations=job.iterations, state_dir=state_dir,
                       schedule_iters=schedule_length(job.iterations, train["train_iters"], bool(cfg["parity"])),
@@ -90,6 +98,8 @@ def run_job(job: Job, cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: Pat
         save_checkpoint(out_ckpt, model, prototypes=job.stage.prototypes(), iteration=trainer.iteration,
                         best_iou=max(trainer.best_iou, 0.0), meta=_meta(cfg, step),
                         extra=job.stage.export_extra())
+        with atomic_path(Path(out_ckpt).with_name(TRAIN_LOG)) as tmp:
+            shutil.copyfile(Path(state_dir) / LOG_FILE, tmp)
         trainer.discard_state()
     runtime.barrier()
 
@@ -154,20 +164,25 @@ def warmup(cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike) -> N
                              f"data.n_class is {cfg['data']['n_class']}")
         with atomic_path(out_ckpt) as tmp:
             shutil.copyfile(given, tmp)
+        with atomic_path(Path(out_ckpt).with_name(TRAIN_LOG)) as tmp:
+            tmp.write_text("iteration\n")  # imported, not trained: an empty log
         return
-    run_job(build_warmup(cfg), cfg, out_ckpt, state_dir, "warmup")
+    run_job(build_warmup(cfg), cfg, out_ckpt, state_dir, "warmup", [cfg["model"]["imagenet"]])
 
 
 def stage1(cfg: Mapping[str, Any], warmup_ckpt: PathLike, soft_h5: PathLike, prototypes_h5: PathLike,
            out_ckpt: PathLike, state_dir: PathLike) -> None:
     """Prototype-rectified self-training from the warm-up model (reference §4.2)."""
-    run_job(build_stage1(cfg, warmup_ckpt, soft_h5, prototypes_h5), cfg, out_ckpt, state_dir, "stage1")
+    run_job(build_stage1(cfg, warmup_ckpt, soft_h5, prototypes_h5), cfg, out_ckpt, state_dir, "stage1",
+            [warmup_ckpt, soft_h5, prototypes_h5])
 
 
 def distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, hard_h5: PathLike,
             out_ckpt: PathLike, state_dir: PathLike, init_ckpt: PathLike | None = None) -> None:
     """Stage 2 or 3: self-training on hard pseudo labels with distillation (reference §4.3)."""
-    run_job(build_distill(cfg, stage, teacher_ckpt, hard_h5, init_ckpt), cfg, out_ckpt, state_dir, stage)
+    weights = cfg["model"].get(cfg[stage]["student_init"])
+    run_job(build_distill(cfg, stage, teacher_ckpt, hard_h5, init_ckpt), cfg, out_ckpt, state_dir, stage,
+            [teacher_ckpt, hard_h5, init_ckpt, weights])
 
 
 # ---------------------------------------------------------------------------- inference
@@ -232,16 +247,27 @@ def hard_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike,
                   png_dir=png_dir, attrs={"checkpoint_sha256": file_sha256(checkpoint)})
 
 
-def evaluate(cfg: Mapping[str, Any], checkpoint: PathLike, out_csv: PathLike):
-    """Per-class IoU of ``checkpoint`` on the target evaluation split, as a CSV."""
+def evaluate(cfg: Mapping[str, Any], checkpoint: PathLike, out_csv: PathLike, split: str | None = None,
+             save_dir: PathLike | None = None):
+    """Per-class IoU of ``checkpoint`` on the target evaluation split (``eval.split``), as a CSV."""
     from proda.evaluate import evaluate_model, write_eval_csv
 
     runtime, model = _inference_setup(cfg, checkpoint)
-    table = evaluate_model(model, target_dataset(cfg, cfg["eval"]["split"]), cfg["data"]["n_class"],
+    table = evaluate_model(model, target_dataset(cfg, split or cfg["eval"]["split"]), cfg["data"]["n_class"],
                            batch_size=cfg["eval"]["batch_size"], device=runtime.device,
-                           num_workers=cfg["data"]["num_workers"])
+                           num_workers=cfg["data"]["num_workers"], save_dir=save_dir)
     write_eval_csv(table, out_csv, cfg["data"]["n_class"])
     return table
+
+
+def evaluate_folder(checkpoint: PathLike, *, root: PathLike, kind: str = "cityscapes", split: str = "val",
+                    size: Sequence[int] | None = None, device: str = "auto", out_csv: PathLike | None = None,
+                    save_dir: PathLike | None = None, allow_pickle: bool = False):
+    """The official test.py: ``checkpoint`` on a dataset folder with the checkpoint's classes."""
+    from proda.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(checkpoint, dataset_kind=kind, root=root, split=split, size=size, device=device,
+                               out_csv=out_csv, save_dir=save_dir)
 
 
 def report(eval_csvs: Mapping[str, PathLike], out_dir: PathLike) -> None:
@@ -249,6 +275,48 @@ def report(eval_csvs: Mapping[str, PathLike], out_dir: PathLike) -> None:
     from proda.report import write_report
 
     write_report(dict(eval_csvs), out_dir)
+
+
+def experiment_report(eval_csvs: Mapping[str, PathLike], used: Mapping[str, Any], *, summary: PathLike,
+                      eval_dir: PathLike, manifest: PathLike, log: PathLike | None = None) -> None:
+    """An experiment's own folder: a copy of each stage's evaluation CSV (``eval/<stage>.csv``),
+    the summary table and plots beside ``summary``, and ``manifest`` naming the run folders used."""
+    import yaml
+
+    from proda.logs import redirect_output
+
+    if log is not None:
+        redirect_output(log)
+    Path(eval_dir).mkdir(parents=True, exist_ok=True)
+    for stage, csv in eval_csvs.items():
+        with atomic_path(Path(eval_dir) / f"{stage}.csv") as tmp:
+            shutil.copyfile(csv, tmp)
+    report({stage: Path(eval_dir) / f"{stage}.csv" for stage in eval_csvs}, Path(summary).parent)
+    with atomic_path(manifest) as tmp:
+        tmp.write_text(yaml.safe_dump(dict(used), sort_keys=False))
+
+
+def prune(results: PathLike, delete: bool = False) -> list[Path]:
+    """Run folders under ``<results>/runs`` that no experiment's ``manifest.yaml`` uses (listed, and
+    removed with ``delete``). An experiment uses the folders of its models and all their parents."""
+    import yaml
+
+    root = Path(results)
+    used: set[Path] = set()
+    for manifest in root.glob("*/manifest.yaml"):
+        for entry in (yaml.safe_load(manifest.read_text()) or {}).get("stages", {}).values():
+            folder = Path(entry["model"]).parent
+            used |= {folder, *folder.parents}
+    unused = sorted(folder for folder in (root / "runs").rglob("*") if folder.is_dir()
+                    and folder.name.split("-")[0] in ("warmup", "stage1", "stage2", "stage3")
+                    and folder not in used and folder.parent in used | {root / "runs"})
+    for folder in unused:
+        print(f"{'removed' if delete else 'unused'}: {folder}")
+        if delete:
+            shutil.rmtree(folder)
+    if not unused:
+        print(f"every run folder under {root / 'runs'} is used by an experiment")
+    return unused
 
 
 def set_threads(n: int) -> None:

@@ -3,27 +3,21 @@
 
 rule evaluate:
     input:
-        checkpoint=f"{RES}/{{stage}}/model.pt",
-        data=data_input(),
+        unpack(inputs_of),
     output:
-        report(
-            f"{RES}/eval/{{stage}}.csv",
-            category="Evaluation",
-            subcategory="{stage}",
-            caption="../report/eval.rst",
-            labels={"stage": "{stage}"},
-        ),
-    params:
-        cfg=view("evaluate"),
-        key=lambda wc: KEYS[f"evaluate_{wc.stage}"],
+        "{node}.csv",
+    log:
+        "{node}.log",
+    benchmark:
+        "{node}.benchmark.tsv"
+    wildcard_constraints:
+        node=node_pattern("eval"),
+    conda:
+        "../../environment.yml"
     threads: threads_of("evaluate")
     resources:
         **resources_of("evaluate"),
-    log:
-        log_of("evaluate_{stage}"),
-    benchmark:
-        benchmark_of("evaluate_{stage}")
-    conda:
-        "../../environment.yml"
+    params:
+        cfg=view_of,
     script:
         "../scripts/evaluate.py"

@@ -3,21 +3,21 @@
 
 rule prototypes:
     input:
-        checkpoint=f"{RES}/warmup/model.pt",
-        data=data_input(),
+        unpack(inputs_of),
     output:
-        f"{RES}/prototypes/warmup.h5",
-    params:
-        cfg=view("prototypes"),
-        key=KEYS["prototypes"],
+        "{node}.h5",
+    log:
+        "{node}.log",
+    benchmark:
+        "{node}.benchmark.tsv"
+    wildcard_constraints:
+        node=node_pattern("prototypes"),
+    conda:
+        "../../environment.yml"
     threads: threads_of("prototypes")
     resources:
         **resources_of("prototypes"),
-    log:
-        log_of("prototypes"),
-    benchmark:
-        benchmark_of("prototypes")
-    conda:
-        "../../environment.yml"
+    params:
+        cfg=view_of,
     script:
         "../scripts/prototypes.py"

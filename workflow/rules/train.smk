@@ -1,83 +1,55 @@
-"""Training stages 1-3. Each writes its model (the only declared output), a per-iteration
-`train.csv` beside it and resume checkpoints in `<stage>/state/` (kept when a job dies, so the
-rerun resumes; wiped when the step's params or inputs changed).
+"""Training stages 1-3. Each writes its model and its per-iteration log (train.csv) into its own
+folder, and resume checkpoints into <folder>/state/ (kept when a job dies, so the rerun resumes;
+used only by the same job: proda/train/resume.py).
 
 One process runs each stage on CPU or one GPU. With `gpu` > 1 (a site profile's set-resources,
-or --set-resources stage1:gpu=4) the worker launches
-`torchrun --standalone --nproc_per_node=<gpu> -m proda.cli <step> --config-json ...` instead
-(DistributedDataParallel); see workflow/scripts/_worker.py."""
+or --set-resources stage1:gpu=4) the worker launches torchrun with one process per GPU instead
+(DistributedDataParallel; proda/launch.py)."""
 
 
 rule stage1:
     input:
-        warmup=f"{RES}/warmup/model.pt",
-        soft=f"{RES}/pseudo/soft_warmup.h5",
-        prototypes=f"{RES}/prototypes/warmup.h5",
-        data=data_input(),
+        unpack(inputs_of),
     output:
-        f"{RES}/stage1/model.pt",
-    params:
-        cfg=view("stage1"),
-        state_dir=f"{RES}/stage1/state",
-        key=KEYS["stage1"],
+        model="{node}/model.pt",
+        log="{node}/train.csv",
+    log:
+        "{node}/job.log",
+    benchmark:
+        "{node}/job.benchmark.tsv"
+    wildcard_constraints:
+        node=node_pattern("stage1"),
+    conda:
+        "../../environment.yml"
     threads: threads_of("stage1")
     resources:
         **resources_of("stage1"),
-    log:
-        log_of("stage1"),
-    benchmark:
-        benchmark_of("stage1")
-    conda:
-        "../../environment.yml"
+    params:
+        cfg=view_of,
     script:
         "../scripts/stage1.py"
 
 
-rule stage2:
+rule distill:
+    """Stage 2 and stage 3 (the `node` wildcard ends in stage2-<digest> or stage3-<digest>)."""
     input:
-        teacher=f"{RES}/stage1/model.pt",
-        labels=f"{RES}/pseudo/hard_stage1.h5",
-        data=data_input(),
-        **student_init_input("stage2"),
+        unpack(inputs_of),
     output:
-        f"{RES}/stage2/model.pt",
-    params:
-        cfg=view("stage2"),
-        state_dir=f"{RES}/stage2/state",
-        key=KEYS["stage2"],
-    threads: threads_of("stage2")
-    resources:
-        **resources_of("stage2"),
+        model="{node}/model.pt",
+        log="{node}/train.csv",
     log:
-        log_of("stage2"),
+        "{node}/job.log",
     benchmark:
-        benchmark_of("stage2")
+        "{node}/job.benchmark.tsv"
+    wildcard_constraints:
+        node=node_pattern("stage[23]"),
     conda:
         "../../environment.yml"
-    script:
-        "../scripts/distill.py"
-
-
-rule stage3:
-    input:
-        teacher=f"{RES}/stage2/model.pt",
-        labels=f"{RES}/pseudo/hard_stage2.h5",
-        data=data_input(),
-        **student_init_input("stage3"),
-    output:
-        f"{RES}/stage3/model.pt",
-    params:
-        cfg=view("stage3"),
-        state_dir=f"{RES}/stage3/state",
-        key=KEYS["stage3"],
-    threads: threads_of("stage3")
+    threads: threads_of("distill")
     resources:
-        **resources_of("stage3"),
-    log:
-        log_of("stage3"),
-    benchmark:
-        benchmark_of("stage3")
-    conda:
-        "../../environment.yml"
+        **resources_of("distill"),
+    params:
+        cfg=view_of,
+        stage=step_of,
     script:
         "../scripts/distill.py"

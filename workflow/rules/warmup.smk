@@ -4,21 +4,22 @@
 
 rule warmup:
     input:
-        **warmup_input(),
+        unpack(inputs_of),
     output:
-        f"{RES}/warmup/model.pt",
-    params:
-        cfg=view("warmup"),
-        state_dir=f"{RES}/warmup/state",
-        key=KEYS["warmup"],
+        model="{node}/model.pt",
+        log="{node}/train.csv",
+    log:
+        "{node}/job.log",
+    benchmark:
+        "{node}/job.benchmark.tsv"
+    wildcard_constraints:
+        node=node_pattern("warmup"),
+    conda:
+        "../../environment.yml"
     threads: threads_of("warmup")
     resources:
         **resources_of("warmup"),
-    log:
-        log_of("warmup"),
-    benchmark:
-        benchmark_of("warmup")
-    conda:
-        "../../environment.yml"
+    params:
+        cfg=view_of,
     script:
         "../scripts/warmup.py"

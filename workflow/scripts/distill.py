@@ -1,7 +1,7 @@
-"""Worker of rules stage2 and stage3: self-training with distillation from the previous stage."""
-from _worker import run
+"""Rule distill: stage 2 or stage 3, self-training with distillation (`proda stage2|stage3`)."""
+from proda.launch import run_step
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
-run(sm, "distill", training=True, stage=sm.rule, teacher_ckpt=sm.input.teacher,
-    hard_h5=sm.input.labels, out_ckpt=sm.output[0], state_dir=sm.params.state_dir,
-    init_ckpt=sm.input.get("init"))
+run_step(sm.params.stage, sm.params.cfg, run_config=sm.config, log=sm.log[0], threads=sm.threads,
+         gpus=sm.resources.gpu, teacher=sm.input.teacher, labels=sm.input.labels,
+         init=sm.input.get("init"), out=sm.output.model)

@@ -1,5 +1,6 @@
-"""Worker of rule evaluate: per-class IoU of one stage's model on the target split (CSV)."""
-from _worker import run
+"""Rule evaluate: per-class IoU of one model on the target evaluation split (`proda evaluate`)."""
+from proda.launch import run_step
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
-run(sm, "evaluate", checkpoint=sm.input.checkpoint, out_csv=sm.output[0])
+run_step("evaluate", sm.params.cfg, run_config=sm.config, log=sm.log[0], threads=sm.threads,
+         checkpoint=sm.input.checkpoint, out=sm.output[0])

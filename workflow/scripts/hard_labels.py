@@ -1,6 +1,6 @@
-"""Worker of rule hard_labels: flip-averaged hard pseudo labels + confidences (HDF5); with
-hard_labels.save_png also label/colour PNGs beside it (a by-product for looking, not an output)."""
-from _worker import run
+"""Rule hard_labels: flip-averaged hard pseudo labels and confidences (`proda hard-labels`)."""
+from proda.launch import run_step
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
-run(sm, "hard_labels", checkpoint=sm.input.checkpoint, out_h5=sm.output[0])
+run_step("hard-labels", sm.params.cfg, run_config=sm.config, log=sm.log[0], threads=sm.threads,
+         checkpoint=sm.input.checkpoint, out=sm.output[0])

@@ -1,7 +1,6 @@
-"""Worker of rule report: stage x class summary table and plots from the evaluation CSVs."""
-from pathlib import Path
-
-from _worker import report
+"""Rule report: an experiment's evaluation CSVs, summary table, plots and manifest."""
+from proda.steps import experiment_report
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
-report(sm, eval_csvs=dict(sm.input.items()), out_dir=str(Path(sm.output.summary).parent))
+experiment_report(dict(sm.input.items()), sm.params.manifest, summary=sm.output.summary,
+                  eval_dir=sm.output.evals, manifest=sm.output.manifest, log=sm.log[0])

@@ -1,5 +1,6 @@
-"""Worker of rule soft_labels: warm-up softmax maps of the target train split (HDF5)."""
-from _worker import run
+"""Rule soft_labels: warm-up softmax maps of the target train split (`proda soft-labels`)."""
+from proda.launch import run_step
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
-run(sm, "soft_labels", checkpoint=sm.input.checkpoint, out_h5=sm.output[0])
+run_step("soft-labels", sm.params.cfg, run_config=sm.config, log=sm.log[0], threads=sm.threads,
+         checkpoint=sm.input.checkpoint, out=sm.output[0])

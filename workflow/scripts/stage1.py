@@ -1,6 +1,7 @@
-"""Worker of rule stage1: prototypical pseudo-label denoising + structure learning."""
-from _worker import run
+"""Rule stage1: prototypical pseudo-label denoising and structure learning (`proda stage1`)."""
+from proda.launch import run_step
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
-run(sm, "stage1", training=True, warmup_ckpt=sm.input.warmup, soft_h5=sm.input.soft,
-    prototypes_h5=sm.input.prototypes, out_ckpt=sm.output[0], state_dir=sm.params.state_dir)
+run_step("stage1", sm.params.cfg, run_config=sm.config, log=sm.log[0], threads=sm.threads,
+         gpus=sm.resources.gpu, warmup=sm.input.warmup, soft=sm.input.soft,
+         prototypes=sm.input.prototypes, out=sm.output.model)

@@ -1,5 +1,6 @@
-"""Worker of rule toycity: generate the toy-city benchmark (GTA5 + Cityscapes layouts)."""
-from _worker import run
+"""Rule toycity: generate the toy-city benchmark (`proda toycity`)."""
+from proda.launch import run_step
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
-run(sm, "toycity", out_dir=sm.output[0])
+run_step("toycity", sm.params.cfg, run_config=sm.config, log=sm.log[0], threads=sm.threads,
+         out=sm.output[0])

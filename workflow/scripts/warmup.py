@@ -1,6 +1,6 @@
-"""Worker of rule warmup: train the adversarial warm-up, or import warmup.checkpoint."""
-from _worker import run
+"""Rule warmup: train the adversarial warm-up, or import warmup.checkpoint (`proda warmup`)."""
+from proda.launch import run_step
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
-run(sm, "warmup", training=sm.params.cfg["warmup"]["checkpoint"] is None,
-    out_ckpt=sm.output[0], state_dir=sm.params.state_dir)
+run_step("warmup", sm.params.cfg, run_config=sm.config, log=sm.log[0], threads=sm.threads,
+         gpus=sm.resources.gpu, out=sm.output.model)

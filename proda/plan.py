@@ -1,0 +1,148 @@
+"""Where every artifact of an experiment lives: provenance in the path.
+
+ProDA is a chain, so each step's folder is nested under the folder of the step it continues and
+named after the digest of its own config view and its other inputs::
+
+    <results>/runs/warmup-<h>/model.pt                     h = digest(warm-up view, external weights)
+    <results>/runs/warmup-<h>/soft_labels-<h>.h5           soft pseudo labels of that warm-up model
+    <results>/runs/warmup-<h>/prototypes-<h>.h5
+    <results>/runs/warmup-<h>/stage1-<h>/model.pt          h = digest(stage-1 view, soft labels, prototypes)
+    <results>/runs/warmup-<h>/stage1-<h>/hard_labels-<h>.h5
+    <results>/runs/warmup-<h>/stage1-<h>/stage2-<h>/...    and so on; eval-<h>.csv beside each model
+    <results>/<experiment>/eval/<stage>.csv, report/, manifest.yaml
+
+Two experiments whose upstream config is identical therefore name the same folders (Snakemake
+builds them once), a changed value names a new folder (its old one stays, so switching back
+finds it), and a deleted folder is simply rebuilt. :func:`plan` is the only place that says
+which step consumes which artifact: the Snakemake rules take their inputs from it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from proda.config import step_view
+from proda.files import digest
+
+STAGES = ("warmup", "stage1", "stage2", "stage3")
+DIGEST = "[0-9a-f]{12}"  # the name suffix of every artifact (proda.files.digest)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One job's output: ``node`` is its folder (models) or its file path without the suffix."""
+
+    step: str
+    node: str
+    inputs: dict[str, str] = field(default_factory=dict)
+    view: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """Every artifact one experiment needs, keyed by node, plus the experiment's own files."""
+
+    experiment: str
+    folder: str                                   # <results>/<experiment>
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)   # stage -> model folder
+    evals: dict[str, str] = field(default_factory=dict)    # stage -> evaluation CSV
+
+    def add(self, step: str, node: str, inputs: Mapping[str, str], view: Mapping[str, Any]) -> Artifact:
+        art = Artifact(step, node, dict(inputs), dict(view))
+        self.artifacts[node] = art
+        return art
+
+    def manifest(self) -> dict[str, Any]:
+        """What the experiment used: each stage's model folder and evaluation CSV."""
+        return {"experiment": self.experiment,
+                "stages": {s: {"model": f"{self.models[s]}/model.pt", "eval": self.evals[s]} for s in STAGES},
+                "artifacts": sorted(self.artifacts)}
+
+
+def _external(path: str | None) -> list[Any] | None:
+    """Identity of a file the user names (weights): its absolute path and size."""
+    if path is None:
+        return None
+    return [os.path.abspath(path), os.path.getsize(path) if os.path.isfile(path) else None]
+
+
+def _child(parent: str, name: str, *parts: Any) -> str:
+    return f"{parent}/{name}-{digest(list(parts))}"
+
+
+def toycity_folder(cfg: Mapping[str, Any]) -> str | None:
+    """The generated toy benchmark's folder, or None for real datasets."""
+    options = cfg["data"]["toycity"]
+    return None if options is None else f"{cfg['results_dir']}/data/toycity-{digest(options)}"
+
+
+def with_toy_roots(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` with both dataset roots pointing into the generated toy benchmark (if any)."""
+    import copy
+
+    out = copy.deepcopy(dict(cfg))
+    folder = toycity_folder(cfg)
+    if folder is not None:
+        out["data"]["source"]["root"] = f"{folder}/gta5"
+        out["data"]["target"]["root"] = f"{folder}/cityscapes"
+    return out
+
+
+def plan(cfg: Mapping[str, Any]) -> Plan:
+    """The artifacts of the experiment ``cfg`` describes (a complete, validated config)."""
+    cfg = with_toy_roots(cfg)
+    res = cfg["results_dir"]
+    p = Plan(cfg["experiment"], f"{res}/{cfg['experiment']}")
+    data = {}
+    toy = toycity_folder(cfg)
+    if toy is not None:
+        p.add("toycity", toy, {}, step_view(cfg, "toycity"))
+        data = {"data": toy}
+
+    def view(step: str) -> dict[str, Any]:
+        return step_view(cfg, step)
+
+    given = cfg["warmup"]["checkpoint"]
+    warm_inputs = {"checkpoint": given} if given else {**data, **_weights(cfg["model"]["imagenet"], "weights")}
+    warmup = p.add("warmup", _child(f"{res}/runs", "warmup", view("warmup"), _external(given or cfg["model"]["imagenet"])),
+                   warm_inputs, view("warmup")).node
+    soft = p.add("soft_labels", _child(warmup, "soft_labels", view("soft_labels")),
+                 {"checkpoint": f"{warmup}/model.pt", **data}, view("soft_labels")).node
+    protos = p.add("prototypes", _child(warmup, "prototypes", view("prototypes")),
+                   {"checkpoint": f"{warmup}/model.pt", **data}, view("prototypes")).node
+    stage1 = p.add("stage1", _child(warmup, "stage1", view("stage1"), Path(soft).name, Path(protos).name),
+                   {"warmup": f"{warmup}/model.pt", "soft": f"{soft}.h5", "prototypes": f"{protos}.h5", **data},
+                   view("stage1")).node
+    p.models.update(warmup=warmup, stage1=stage1)
+    teacher = stage1
+    for stage in ("stage2", "stage3"):
+        hard = p.add("hard_labels", _child(teacher, "hard_labels", view("hard_labels")),
+                     {"checkpoint": f"{teacher}/model.pt", **data}, view("hard_labels")).node
+        init = _student_init(cfg, stage, warmup)
+        node = _child(teacher, stage, view(stage), Path(hard).name, _external(init.get("weights")))
+        teacher = p.add(stage, node, {"teacher": f"{teacher}/model.pt", "labels": f"{hard}.h5", **init, **data},
+                        view(stage)).node
+        p.models[stage] = teacher
+    for stage in STAGES:
+        model = p.models[stage]
+        ev = p.add("evaluate", _child(model, "eval", view("evaluate")), {"checkpoint": f"{model}/model.pt", **data},
+                   view("evaluate"))
+        p.evals[stage] = f"{ev.node}.csv"
+    return p
+
+
+def _weights(path: str | None, name: str) -> dict[str, str]:
+    return {name: path} if path is not None else {}
+
+
+def _student_init(cfg: Mapping[str, Any], stage: str, warmup: str) -> dict[str, str]:
+    """Files the student of a distillation stage starts from (besides its teacher)."""
+    init = cfg[stage]["student_init"]
+    if init == "warmup_backbone":
+        return {"init": f"{warmup}/model.pt"}
+    if init in ("simclr", "imagenet"):
+        return _weights(cfg["model"][init], "weights")
+    return {}
