@@ -43,6 +43,7 @@ rule all:
     default_target: True
     input:
         [f"{plan.folder}/report/summary.csv" for plan in PLANS.values()],
+        [plan.targets() for plan in PLANS.values()],
 
 
 onsuccess:

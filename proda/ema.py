@@ -13,12 +13,19 @@ from torch import nn
 from proda.models.checkpoint import unwrap
 
 
-def make_ema(model: nn.Module) -> nn.Module:
+def make_ema(model: nn.Module, sync_bn: torch.device | None = None) -> nn.Module:
     """An exact deep copy of the (unwrapped) student with gradients disabled.
 
     The copy keeps the student's train/eval mode (the official EMA stays in train mode, Q5).
+    ``sync_bn`` (the device, under DDP): its BatchNorms become synchronised ones, so that in train
+    mode they normalise with the statistics of the global batch, as the official teacher does with
+    the whole batch of 4; parameter and buffer names stay those of the student.
     """
     ema = copy.deepcopy(unwrap(model))
+    if sync_bn is not None:
+        from proda.train.syncbn import convert_sync_batchnorm
+
+        ema = convert_sync_batchnorm(ema, sync_bn)
     for param in ema.parameters():
         param.requires_grad_(False)
     return ema

@@ -1,11 +1,10 @@
-"""Evaluation of a segmentation checkpoint on a labelled split (reference §7; the official test.py).
+"""Evaluation of a segmentation checkpoint on a labelled split (docs/method.md §7; the official test.py).
 
-``python -m proda.evaluate --checkpoint CKPT --root CITYSCAPES_ROOT`` prints the per-class IoU
-table and mIoU; ``--out-csv`` writes the evaluation CSV and ``--save-dir`` the predictions.
+``proda evaluate --checkpoint CKPT --root CITYSCAPES_ROOT`` prints the per-class IoU table and
+mIoU; ``--out`` writes the evaluation CSV and ``--save-dir`` the predictions.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -20,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from proda.data import DATASET_KINDS, build_dataset
+from proda.data import build_dataset
 from proda.data.labels import class_names, colorize
 from proda.files import atomic_path
 from proda.metrics import ConfusionAccumulator, IoUTable
@@ -108,12 +107,14 @@ def evaluate_checkpoint(checkpoint: PathLike, *, dataset_kind: str = "cityscapes
                         size: Sequence[int] | None = None, batch_size: int = 4,
                         device: str | torch.device = "auto", num_workers: int = 0,
                         progress: bool = True, out_csv: PathLike | None = None,
-                        save_dir: PathLike | None = None) -> IoUTable:
+                        save_dir: PathLike | None = None, allow_pickle: bool = False) -> IoUTable:
     """Load ``checkpoint``, evaluate it on ``root``'s ``split`` and optionally write the CSV.
 
     ``n_class`` defaults to the checkpoint's; ``size`` (W, H) defaults to each file's native size.
+    The checkpoint is read with ``weights_only=True``; ``allow_pickle`` is the opt-in for a
+    trusted file holding other Python objects.
     """
-    model, _ = build_model(checkpoint)
+    model, _ = build_model(checkpoint, allow_pickle=allow_pickle)
     n_class = model.num_classes if n_class is None else n_class
     if n_class != model.num_classes:
         raise ValueError(f"n_class={n_class} but checkpoint {checkpoint} has "
@@ -125,37 +126,3 @@ def evaluate_checkpoint(checkpoint: PathLike, *, dataset_kind: str = "cityscapes
     if out_csv is not None:
         write_eval_csv(table, out_csv, n_class)
     return table
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m proda.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="model checkpoint (.pt / official .pkl)")
-    p.add_argument("--root", required=True, help="dataset root (Cityscapes layout)")
-    p.add_argument("--dataset", default="cityscapes", choices=DATASET_KINDS, help="dataset kind")
-    p.add_argument("--split", default="val")
-    p.add_argument("--n-class", type=int, default=None, help="default: the checkpoint's")
-    p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None,
-                   help="resize images and labels (default: native size)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
-    p.add_argument("--out-csv", default=None, help="write the evaluation CSV here")
-    p.add_argument("--save-dir", default=None, help="write prediction PNGs here")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI equivalent of the official test.py; prints the table and returns 0."""
-    a = build_parser().parse_args(argv)
-    table = evaluate_checkpoint(a.checkpoint, dataset_kind=a.dataset, root=a.root, split=a.split,
-                                n_class=a.n_class, size=a.size, batch_size=a.batch_size,
-                                device=a.device, num_workers=a.num_workers,
-                                progress=not a.no_progress, out_csv=a.out_csv,
-                                save_dir=a.save_dir)
-    print(format_table(table, table.n_class))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,11 +1,17 @@
 """Loss functions of ProDA (reference §4.0-§4.3): CE with ignore, symmetric CE, regularisers,
 prototypical consistency, distillation KL and the two GAN criteria of the warm-up.
 
-All functions are pure: they take logits / distances / targets and return a scalar tensor.
+All functions take logits / distances / targets and return a scalar tensor. The masked means
+(CE, RCE, symmetric CE, ``L_con``) take ``ddp``: under DistributedDataParallel a rank divides
+its own sum by the count over all W ranks and multiplies by W, so that DDP's gradient averaging
+gives the gradient of one mean over the global batch (as the official single-process losses)
+and the ranks' values average to that mean. The plain means (MRKLD, MRENT, ``L_kd``, GAN
+criteria) cover equal-sized per-rank tensors, where averaging is already exact.
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -22,35 +28,52 @@ def _wide(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def _masked_mean(total: Tensor, count: Tensor, ddp: bool, eps: float | None = None) -> Tensor:
+    """``total / max(count, 1)`` (``total / (count + eps)`` when ``eps`` is given).
+
+    With ``ddp`` in a process group of W > 1 ranks, ``count`` is summed over the ranks first and
+    the result multiplied by W (see the module docstring).
+    """
+    world = dist.get_world_size() if ddp and dist.is_available() and dist.is_initialized() else 1
+    if world > 1:
+        count = count.detach().clone()
+        dist.all_reduce(count)
+    mean = total / (count.clamp(min=1) if eps is None else count + eps)
+    return mean * world if world > 1 else mean
+
+
+def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX,
+                  ddp: bool = False) -> Tensor:
     """Mean pixel CE over non-ignored pixels (``F.cross_entropy(..., reduction='mean')``).
 
     Where every pixel is ignored the official code gets NaN; here the result is 0 (still
     attached to the graph, so ``backward()`` works and contributes zero gradient).
+    ``ddp``: normalise by the count over every rank (module docstring).
     """
     total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
-    count = (target != ignore_index).sum().clamp(min=1)
-    return total / count
+    return _masked_mean(total, (target != ignore_index).sum(), ddp)
 
 
-def reverse_ce(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def reverse_ce(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX,
+               ddp: bool = False) -> Tensor:
     """Reverse CE of §4.2 step 7 with the official clamps.
 
-    ``-(1/(|V|+1e-6)) Σ_{p∈V} Σ_k clamp(p_k, 1e-7, 1) · log(clamp(onehot_k, 1e-4, 1))``.
+    ``-(1/(|V|+1e-6)) Σ_{p∈V} Σ_k clamp(p_k, 1e-7, 1) · log(clamp(onehot_k, 1e-4, 1))``;
+    ``ddp``: ``|V|`` counted over every rank (module docstring).
     """
     prob = F.softmax(_wide(logits), dim=1).clamp(RCE_PROB_MIN, 1.0)
     valid = target != ignore_index
     safe = torch.where(valid, target, torch.zeros_like(target))
     onehot = F.one_hot(safe, logits.shape[1]).movedim(-1, 1).to(prob.dtype)
     per_pixel = -(prob * onehot.clamp(RCE_ONEHOT_MIN, 1.0).log()).sum(dim=1)
-    return (per_pixel * valid).sum() / (valid.sum() + RCE_EPS)
+    return _masked_mean((per_pixel * valid).sum(), valid.sum(), ddp, eps=RCE_EPS)
 
 
 def symmetric_ce(logits: Tensor, target: Tensor, alpha: float, beta: float,
-                 ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """``alpha · CE + beta · RCE`` (symmetric cross-entropy, §4.2 step 7)."""
-    return (alpha * cross_entropy(logits, target, ignore_index)
-            + beta * reverse_ce(logits, target, ignore_index))
+                 ignore_index: int = IGNORE_INDEX, ddp: bool = False) -> Tensor:
+    """``alpha · CE + beta · RCE`` (symmetric cross-entropy, §4.2 step 7); ``ddp`` as for both."""
+    return (alpha * cross_entropy(logits, target, ignore_index, ddp)
+            + beta * reverse_ce(logits, target, ignore_index, ddp))
 
 
 def mrkld(logits: Tensor) -> Tensor:
@@ -80,19 +103,19 @@ def _kl_terms(teacher_prob: Tensor, student_term: Tensor) -> Tensor:
 
 
 def prototype_consistency(teacher_dist: Tensor, student_dist: Tensor, mask: Tensor,
-                          temperature: float) -> Tensor:
+                          temperature: float, ddp: bool = False) -> Tensor:
     """Prototypical consistency ``L_con`` of §4.2 step 8.
 
     ``t = softmax_k(−T·D_S)`` (teacher, treated as a constant), ``s = log_softmax_k(−T·D_g)``;
     the KL terms ``t·(log t − s)`` are summed over the valid elements of ``mask`` (broadcast
-    to ``N×C×H×W``) and divided by their count (Q27). Returns 0 when nothing is valid
-    (the official code would give NaN).
+    to ``N×C×H×W``) and divided by their count (Q27), over every rank with ``ddp`` (module
+    docstring). Returns 0 when nothing is valid (the official code would give NaN).
     """
     teacher = F.softmax(-temperature * _wide(teacher_dist.detach()), dim=1)
     student_log = F.log_softmax(-temperature * _wide(student_dist), dim=1)
     valid = mask.to(torch.bool).expand_as(student_log)
     terms = torch.where(valid, _kl_terms(teacher, student_log), torch.zeros_like(student_log))
-    return terms.sum() / valid.sum().clamp(min=1)
+    return _masked_mean(terms.sum(), valid.sum(), ddp)
 
 
 def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, parity: bool = False) -> Tensor:

@@ -28,6 +28,7 @@ from proda.files import digest
 
 STAGES = ("warmup", "stage1", "stage2", "stage3")
 DIGEST = "[0-9a-f]{12}"  # the name suffix of every artifact (proda.files.digest)
+SUFFIX = {"soft_labels": ".h5", "prototypes": ".h5", "hard_labels": ".h5", "evaluate": ".csv"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class Artifact:
     node: str
     inputs: dict[str, str] = field(default_factory=dict)
     view: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output(self) -> str:
+        """The artifact's main file (a model folder's model.pt; the toy benchmark's folder)."""
+        if self.step in STAGES:
+            return f"{self.node}/model.pt"
+        return self.node if self.step == "toycity" else f"{self.node}{SUFFIX[self.step]}"
 
 
 @dataclass
@@ -55,11 +63,23 @@ class Plan:
         self.artifacts[node] = art
         return art
 
+    def targets(self) -> list[str]:
+        """Every artifact's main file: an experiment keeps all of them, so a deleted one is rebuilt
+        (Snakemake does not rebuild a missing intermediate file whose consumers are up to date)."""
+        return [art.output for art in self.artifacts.values()]
+
     def manifest(self) -> dict[str, Any]:
-        """What the experiment used: each stage's model folder and evaluation CSV."""
+        """What the experiment used, relative to the results_dir: each stage's model and evaluation
+        CSV, and every artifact (``proda prune`` keeps exactly the folders manifests name)."""
+        root = os.path.dirname(self.folder)
+
+        def rel(path: str) -> str:
+            return os.path.relpath(path, root)
+
         return {"experiment": self.experiment,
-                "stages": {s: {"model": f"{self.models[s]}/model.pt", "eval": self.evals[s]} for s in STAGES},
-                "artifacts": sorted(self.artifacts)}
+                "stages": {s: {"model": rel(f"{self.models[s]}/model.pt"), "eval": rel(self.evals[s])}
+                           for s in STAGES},
+                "artifacts": sorted(map(rel, self.artifacts))}
 
 
 def _external(path: str | None) -> list[Any] | None:

@@ -1,15 +1,14 @@
 """Per-stage evaluation CSVs → ``summary.csv`` (stage × class table) and two plots.
 
-``python -m proda.report --out-dir D warmup=eval/warmup.csv stage1=eval/stage1.csv ...``
+``proda report --out-dir D warmup=eval/warmup.csv stage1=eval/stage1.csv ...``
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -133,30 +132,3 @@ def format_summary(summary_csv: PathLike) -> str:
         cells = "  ".join(f"{row[c]:8.2f}" for c in cols)
         lines.append(f"{stage:<10} {cells}   {row[cols[0]] - first:+7.2f}")
     return "\n".join(lines)
-
-
-def _stage_arg(text: str) -> tuple[str, str]:
-    stage, sep, path = text.partition("=")
-    if not sep or not stage or not path:
-        raise argparse.ArgumentTypeError(f"expected STAGE=PATH, got {text!r}")
-    return stage, path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``--out-dir D stage=path.csv ...``; prints the summary table."""
-    p = argparse.ArgumentParser(prog="python -m proda.report", description=__doc__.splitlines()[0])
-    p.add_argument("--out-dir", required=True, help="folder for summary.csv and the plots")
-    p.add_argument("stages", nargs="+", type=_stage_arg, metavar="STAGE=CSV",
-                   help="evaluation CSV of each stage, in display order")
-    a = p.parse_args(argv)
-    names = [s for s, _ in a.stages]
-    if len(set(names)) != len(names):
-        p.error(f"duplicate stage names in {names}")
-    table = summary_table(dict(a.stages))
-    write_summary(table, a.out_dir)
-    print(table.round(2).to_string())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

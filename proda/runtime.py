@@ -54,10 +54,10 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 @dataclass
 class Runtime:
-    """Where and how a step runs: device, AMP, process rank and world size."""
+    """Where and how a step runs: device, precision, process rank and world size."""
 
     device: torch.device
-    amp: bool = False
+    precision: str = "fp32"
     rank: int = 0
     world_size: int = 1
 
@@ -70,9 +70,11 @@ class Runtime:
         return self.world_size > 1
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA when AMP is on, else a no-op."""
-        if self.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast on this device (CUDA or CPU) with ``precision: bf16``, else a no-op.
+
+        Callers widen what leaves the block to float32 before upsampling or a loss."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -101,7 +103,8 @@ def make_runtime(cfg: Mapping[str, Any]) -> Runtime:
         rank = dist.get_rank()
         if device.type == "cuda":
             torch.cuda.set_device(device)
-    return Runtime(device=device, amp=bool(cfg.get("amp", True)), rank=rank, world_size=world)
+    precision = "fp32" if cfg.get("parity") else str(cfg.get("precision", "fp32"))
+    return Runtime(device=device, precision=precision, rank=rank, world_size=world)
 
 
 @contextlib.contextmanager
@@ -116,3 +119,25 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         model.train(was_training)
 
+
+
+def shield_worker(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker survives a SIGTERM/SIGINT sent to the whole job
+    (SLURM signals every process of a job step, Ctrl-C the whole process group) and ends only on
+    its parent's SIGTERM. Otherwise it dies of the signal and its loader raises in the main process
+    at an arbitrary point, while the main process is finishing its iteration to write a resume
+    checkpoint (:class:`proda.train.loop.Trainer`)."""
+    import signal
+    import threading
+
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # delivered only to sigwaitinfo below
+    parent = os.getppid()
+
+    def wait() -> None:
+        while True:
+            info = signal.sigwaitinfo(stop)
+            if info.si_signo == signal.SIGTERM and info.si_pid == parent:  # the loader shutting it down
+                os._exit(0)
+
+    threading.Thread(target=wait, name="proda-stop-signals", daemon=True).start()

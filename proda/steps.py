@@ -158,12 +158,13 @@ def warmup(cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike) -> N
     """Train the warm-up model, or import ``warmup.checkpoint`` (e.g. the released one) as is."""
     given = cfg["warmup"]["checkpoint"]
     if given:
-        model, _ = build_model(given)  # validates the file (clear error on mismatch)
+        model, ckpt = build_model(given, allow_pickle=cfg["unsafe_pickle"])  # one-line error on a bad file
         if model.num_classes != cfg["data"]["n_class"]:
             raise ValueError(f"config key 'warmup.checkpoint': {given} has {model.num_classes} classes, "
                              f"data.n_class is {cfg['data']['n_class']}")
-        with atomic_path(out_ckpt) as tmp:
-            shutil.copyfile(given, tmp)
+        # re-saved in the official layout with plain values, so later steps load it safely
+        save_checkpoint(out_ckpt, model, iteration=int(ckpt.get("iter", 0)),
+                        best_iou=float(ckpt.get("best_iou", 0.0)), meta=_meta(cfg, "warmup", imported=str(given)))
         with atomic_path(Path(out_ckpt).with_name(TRAIN_LOG)) as tmp:
             tmp.write_text("iteration\n")  # imported, not trained: an empty log
         return
@@ -188,7 +189,7 @@ def distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, hard_h5:
 # ---------------------------------------------------------------------------- inference
 def _inference_setup(cfg: Mapping[str, Any], checkpoint: PathLike):
     runtime = make_runtime(cfg)
-    model, _ = build_model(checkpoint)
+    model, _ = build_model(checkpoint, allow_pickle=cfg["unsafe_pickle"])
     if model.num_classes != cfg["data"]["n_class"]:
         raise ValueError(f"{checkpoint} has {model.num_classes} classes, config key 'data.n_class' is "
                          f"{cfg['data']['n_class']}")
@@ -267,7 +268,7 @@ def evaluate_folder(checkpoint: PathLike, *, root: PathLike, kind: str = "citysc
     from proda.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(checkpoint, dataset_kind=kind, root=root, split=split, size=size, device=device,
-                               out_csv=out_csv, save_dir=save_dir)
+                               out_csv=out_csv, save_dir=save_dir, allow_pickle=allow_pickle)
 
 
 def report(eval_csvs: Mapping[str, PathLike], out_dir: PathLike) -> None:
@@ -297,15 +298,16 @@ def experiment_report(eval_csvs: Mapping[str, PathLike], used: Mapping[str, Any]
 
 
 def prune(results: PathLike, delete: bool = False) -> list[Path]:
-    """Run folders under ``<results>/runs`` that no experiment's ``manifest.yaml`` uses (listed, and
-    removed with ``delete``). An experiment uses the folders of its models and all their parents."""
+    """Model folders under ``<results>/runs`` that no experiment's ``manifest.yaml`` uses (listed, and
+    removed with ``delete``). An experiment uses the folders of its models and all their parents;
+    a removed folder takes its pseudo labels, prototypes and evaluations with it."""
     import yaml
 
     root = Path(results)
     used: set[Path] = set()
     for manifest in root.glob("*/manifest.yaml"):
         for entry in (yaml.safe_load(manifest.read_text()) or {}).get("stages", {}).values():
-            folder = Path(entry["model"]).parent
+            folder = (root / entry["model"]).parent  # manifests name paths relative to the results_dir
             used |= {folder, *folder.parents}
     unused = sorted(folder for folder in (root / "runs").rglob("*") if folder.is_dir()
                     and folder.name.split("-")[0] in ("warmup", "stage1", "stage2", "stage3")

@@ -37,7 +37,7 @@ def test_round_trip_official_layout(tmp_path):
                     meta={"config_digest": "abc"},
                     extra={"FCDiscriminator": {"model_state": disc.state_dict()}})
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]   # no temp file left
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw = torch.load(path, map_location="cpu", weights_only=True)  # plain values only
     assert set(raw) == {"ResNet101", "iter", "best_iou", "proda_meta", "FCDiscriminator"}
     assert set(raw["ResNet101"]) == {"model_state", "objective_vectors"}
     assert list(raw["ResNet101"]["model_state"]) == list(m.state_dict())        # no "module."

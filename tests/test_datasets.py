@@ -11,11 +11,14 @@ from PIL import Image
 
 from proda.data import (CityscapesDataset, DatasetError, GTA5Dataset, SynthiaDataset,
                         build_dataset)
+from proda.data.training import TrainingDataset
 
 from test_labels import expected_map
 
 W, H = 8, 6
-RAW = (np.arange(H * W) % 35).reshape(H, W).astype(np.uint8)  # every id 0..34 appears
+RAW = (np.arange(H * W) % 35).reshape(H, W).astype(np.uint8)  # every GTA5 id 0..34 appears
+# Cityscapes labelIds stop at 33 (34 is a GTA5-only id and a Cityscapes label error).
+CS_RAW = (np.arange(H * W) % 34).reshape(H, W).astype(np.uint8)
 
 
 def rgb(seed: int, w: int = W, h: int = H) -> np.ndarray:
@@ -43,7 +46,7 @@ def make_cityscapes(root: Path, split: str = "train", labels: bool = True) -> li
         stem = f"{city}_{seq:06d}_000019_"
         save(root / "leftImg8bit" / split / city / f"{stem}leftImg8bit.png", rgb(k))
         if labels:
-            save(root / "gtFine" / split / city / f"{stem}gtFine_labelIds.png", np.roll(RAW, k))
+            save(root / "gtFine" / split / city / f"{stem}gtFine_labelIds.png", np.roll(CS_RAW, k))
             save(root / "gtFine" / split / city / f"{stem}gtFine_color.png", rgb(9))  # ignored
         names.append(f"{stem}leftImg8bit.png")
     return names
@@ -84,11 +87,11 @@ def test_cityscapes_items_and_mapping(tmp_path, n_class):
     assert item["img"].dtype == torch.float32 and item["img"].shape == (3, H, W)
     np.testing.assert_array_equal(item["img"].permute(1, 2, 0).numpy() * 255, rgb(2).astype(np.float32))
     assert item["label"].dtype == torch.int64
-    want = map_with(expected_map(n_class, 1), np.roll(RAW, 2))
+    want = map_with(expected_map(n_class, 1), np.roll(CS_RAW, 2))
     np.testing.assert_array_equal(item["label"].numpy(), want)
     img, lbl = ds.load_pil(2)
     assert img.mode == "RGB" and img.size == (W, H) and lbl.dtype == np.uint8
-    np.testing.assert_array_equal(lbl, map_with(expected_map(n_class, 1), np.roll(RAW, 0)))
+    np.testing.assert_array_equal(lbl, map_with(expected_map(n_class, 1), np.roll(CS_RAW, 0)))
 
 
 def test_cityscapes_unlabelled_split_and_resize(tmp_path):
@@ -148,6 +151,105 @@ def test_cityscapes_label_value_outside_map(tmp_path):
     ds = CityscapesDataset(tmp_path, size=None)
     with pytest.raises(DatasetError, match=re.escape(str(lbl)) + ".*300"):
         ds[2]
+
+
+@pytest.mark.parametrize("bad", [34, 99, 255])
+def test_cityscapes_id_outside_the_id_table_names_the_file(tmp_path, bad):
+    """34..255 fit in a uint8 PNG but are no Cityscapes labelId: an error, not a silent 250
+    that would drop the pixels out of the metrics."""
+    make_cityscapes(tmp_path)
+    lbl = tmp_path / "gtFine/train/bravo/bravo_000001_000019_gtFine_labelIds.png"
+    raw = CS_RAW.copy()
+    raw[2, 3] = bad
+    save(lbl, raw)
+    ds = CityscapesDataset(tmp_path, size=None)
+    ds[0], ds[1]  # the other items still load
+    for read in (lambda: ds[2], lambda: ds.load_label(2), lambda: ds.load_pil(2)):
+        with pytest.raises(DatasetError, match=re.escape(str(lbl)) + f".* id {bad}, .*0..33") as err:
+            read()
+        assert "\n" not in str(err.value)
+
+
+def test_synthia_id_outside_the_id_table_names_the_file(tmp_path):
+    make_synthia(tmp_path)
+    lbl = tmp_path / "GT/LABELS/0000001.png"
+    label = synthia_label(1)
+    label[0, 0, 2] = 23  # class channel (BGR index 2): SYNTHIA ids stop at 22
+    assert cv2.imwrite(str(lbl), label)
+    ds = SynthiaDataset(tmp_path, size=None)
+    ds[1]
+    with pytest.raises(DatasetError, match=re.escape(str(lbl)) + ".* id 23, .*0..22"):
+        ds[0]
+
+
+W2, H2 = 16, 8
+
+
+def _shrink_label(lbl: Path, kind: str) -> None:
+    """Rewrite ``lbl`` at half its image's size (8x4 labels for 16x8 images)."""
+    if kind == "synthia":
+        assert cv2.imwrite(str(lbl), synthia_label(0)[: H2 // 2, : W2 // 2])
+    else:
+        save(lbl, RAW[: H2 // 2, : W2 // 2])
+
+
+@pytest.mark.parametrize("kind", ["cityscapes", "gta5", "synthia"])
+@pytest.mark.parametrize("size", [None, (W2, H2), (4, 2)])
+def test_label_of_another_size_than_its_image_names_both(tmp_path, kind, size):
+    """A label is never stretched onto its image (the old nearest resize hid wrong files);
+    the configured ``size`` still resizes both, but only after the native sizes matched."""
+    if kind == "cityscapes":
+        stem = "alpha_000000_000019_"
+        img = tmp_path / "leftImg8bit/train/alpha" / f"{stem}leftImg8bit.png"
+        lbl = tmp_path / "gtFine/train/alpha" / f"{stem}gtFine_labelIds.png"
+        save(img, rgb(0, W2, H2))
+    elif kind == "gta5":
+        make_gta5(tmp_path, n=1, size=(W2, H2))
+        img, lbl = tmp_path / "images/00001.png", tmp_path / "labels/00001.png"
+    else:
+        img, lbl = tmp_path / "RGB/0000001.png", tmp_path / "GT/LABELS/0000001.png"
+        save(img, rgb(0, W2, H2))
+        lbl.parent.mkdir(parents=True)
+    _shrink_label(lbl, kind)
+    ds = build_dataset(kind, tmp_path, size=size)
+    want = re.escape(f"label {lbl} is {W2 // 2}x{H2 // 2} but its image {img} is {W2}x{H2}")
+    for read in (lambda: ds[0], lambda: ds.load_label(0), lambda: ds.load_pil(0)):
+        with pytest.raises(DatasetError, match=want):
+            read()
+
+
+def test_load_label_alone_uses_the_configured_or_native_size(tmp_path):
+    make_cityscapes(tmp_path)
+    want = map_with(expected_map(19, 1), np.roll(CS_RAW, 2)).astype(np.uint8)
+    np.testing.assert_array_equal(CityscapesDataset(tmp_path, size=None).load_label(0), want)
+    resized = CityscapesDataset(tmp_path, size=(2 * W, 2 * H)).load_label(0)
+    np.testing.assert_array_equal(resized, np.kron(want, np.ones((2, 2), np.uint8)))
+    unlabelled = CityscapesDataset(tmp_path, size=None, labels=False).load_label(0)
+    assert unlabelled.shape == (H, W) and (unlabelled == 250).all()
+
+
+def test_hard_pseudo_label_of_another_size_is_an_error(tmp_path):
+    """Hard labels are written at the items' size; another size is not resized into place."""
+    make_cityscapes(tmp_path)
+    ds = CityscapesDataset(tmp_path, size=None, labels=False)
+
+    class Store:
+        path = tmp_path / "hard.h5"
+
+        def __init__(self, hw):
+            self.hw = hw
+
+        def get(self, name, threshold):
+            return np.zeros(self.hw, np.uint8)
+
+    ok = TrainingDataset(ds, resize_base=W, crop_wh=(W, H), strong=False,
+                         hard_labels=Store((H, W)))
+    assert ok[0]["lp"].shape == (H, W)
+    bad = TrainingDataset(ds, resize_base=W, crop_wh=(W, H), strong=False,
+                          hard_labels=Store((H // 2, W // 2)))
+    with pytest.raises(DatasetError, match=re.escape(f"alpha_000000_000019_leftImg8bit.png in "
+                                                     f"{Store.path} is {W // 2}x{H // 2}")):
+        bad[0]
 
 
 # ---------------------------------------------------------------- GTA5

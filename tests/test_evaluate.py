@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from proda.evaluate import evaluate_checkpoint, main, predict, write_eval_csv
+from proda.cli import main
+from proda.evaluate import evaluate_checkpoint, predict, write_eval_csv
 from proda.metrics import iou_table
 from proda.models import DeepLabV2, save_checkpoint
 
@@ -39,7 +40,7 @@ def setup(tmp_path_factory) -> dict:
     imgs, gts = [], []
     for stem in STEMS:
         img = rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)
-        ids = rng.choice(IDS19[:16] + IDS19[17:] + [0, 4, 255], size=(32, 64)).astype(np.uint8)
+        ids = rng.choice(IDS19[:16] + IDS19[17:] + [0, 4, 30], size=(32, 64)).astype(np.uint8)
         for sub, name, arr in (("leftImg8bit", f"{stem}_leftImg8bit.png", img),
                                ("gtFine", f"{stem}_gtFine_labelIds.png", ids)):
             (root / sub / "val" / "aachen").mkdir(parents=True, exist_ok=True)
@@ -134,9 +135,8 @@ def test_n_class_mismatch_is_rejected(setup) -> None:
 
 def test_cli_prints_table_and_writes_csv(setup, tmp_path, capsys) -> None:
     out_csv = tmp_path / "cli.csv"
-    assert main(["--checkpoint", str(setup["ckpt"]), "--root", str(setup["root"]),
-                 "--device", "cpu", "--size", "64", "32", "--out-csv", str(out_csv),
-                 "--no-progress"]) == 0
+    assert main(["evaluate", "--checkpoint", str(setup["ckpt"]), "--root", str(setup["root"]),
+                 "--device", "cpu", "--size", "64", "32", "--out", str(out_csv)]) == 0
     printed = capsys.readouterr().out
     assert "traffic light" in printed and "mIoU" in printed
     miou = dict(_read_csv(out_csv)[1:])["mIoU"]

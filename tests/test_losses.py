@@ -143,3 +143,61 @@ def test_gan_losses():
     bce_zero = -sum(math.log(1 - p) for p in sig) / 4
     assert losses.vanilla_gan_loss(d, 1.0).item() == pytest.approx(bce_one, rel=1e-6)
     assert losses.vanilla_gan_loss(d, 0.0).item() == pytest.approx(bce_zero, rel=1e-6)
+
+
+def _masked_losses(rank: int, world: int, init: str, out: str) -> None:
+    """Worker: rank 0 holds 1000 pixels at CE 1.0, rank 1 100 pixels at CE 3.0 (and unequal masks)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    logits, target, teacher, student, mask = _uneven_batch(rank)
+    logits.requires_grad_(True)
+    student.requires_grad_(True)
+    pairs = [(losses.cross_entropy(logits, target, ddp=True), logits),
+             (losses.symmetric_ce(logits, target, 0.1, 1.0, ddp=True), logits),
+             (losses.prototype_consistency(teacher, student, mask, 2.0, ddp=True), student)]
+    result = {"values": [loss.item() for loss, _ in pairs],
+              "grads": [torch.autograd.grad(loss, x)[0] / world for loss, x in pairs]}  # DDP averages
+    torch.save(result, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def _uneven_batch(rank: int) -> tuple[torch.Tensor, ...]:
+    """Rank r's logits, labels (7 ignored), teacher/student distances and an uneven mask."""
+    n = (1000, 100)[rank]
+    a = math.log(math.exp((1.0, 3.0)[rank]) - 1)  # 2 classes, target 0: CE = log(1 + e^a)
+    logits = torch.tensor([0.0, a], dtype=torch.float64).reshape(1, 2, 1, 1).repeat(1, 1, 1, n + 7)
+    target = torch.zeros(1, 1, n + 7, dtype=torch.long)
+    target[..., n:] = 250                                    # 7 ignored pixels on each rank
+    gen = torch.Generator().manual_seed(rank)
+    teacher = torch.rand(1, 2, 1, n, generator=gen, dtype=torch.float64)
+    student = torch.rand(1, 2, 1, n, generator=gen, dtype=torch.float64)
+    mask = torch.rand(1, 2, 1, n, generator=gen) < (0.9, 0.2)[rank]
+    return logits, target, teacher, student, mask
+
+
+def test_ddp_masked_losses_are_global_batch_means(tmp_path):
+    """Two gloo ranks: the mean of the ranks' losses is the one mean over both ranks' pixels
+    (1000 px at 1.0 + 100 px at 3.0 give 1.18, not 2.0) and DDP's averaged gradients are those
+    of that mean; without ``ddp`` nothing changes on one process."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "r")
+    mp.spawn(_masked_losses, args=(2, f"file://{tmp_path / 'pg'}", out), nprocs=2)
+    ranks = [torch.load(f"{out}.{r}") for r in range(2)]
+    parts = [_uneven_batch(r) for r in range(2)]
+    logits = torch.cat([p[0] for p in parts], dim=-1).requires_grad_(True)
+    target = torch.cat([p[1] for p in parts], dim=-1)
+    teacher, student, mask = (torch.cat([p[i] for p in parts], dim=-1) for i in (2, 3, 4))
+    student.requires_grad_(True)
+    whole = [(losses.cross_entropy(logits, target), logits, [1007, 107]),
+             (losses.symmetric_ce(logits, target, 0.1, 1.0), logits, [1007, 107]),
+             (losses.prototype_consistency(teacher, student, mask, 2.0), student, [1000, 100])]
+    assert whole[0][0].item() == pytest.approx((1000 * 1.0 + 100 * 3.0) / 1100, rel=1e-9)
+    for i, (loss, x, sizes) in enumerate(whole):
+        assert (ranks[0]["values"][i] + ranks[1]["values"][i]) / 2 == pytest.approx(loss.item(), rel=1e-9)
+        (g,) = torch.autograd.grad(loss, x)
+        for r, expected in enumerate(torch.split(g, sizes, dim=-1)):
+            torch.testing.assert_close(ranks[r]["grads"][i], expected, rtol=1e-9, atol=1e-12)
+    x, y = parts[0][0], parts[0][1]
+    assert losses.cross_entropy(x, y, ddp=True).item() == losses.cross_entropy(x, y).item()

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from proda.report import main, read_eval_csv, summary_table, write_report
+from proda.cli import main
+from proda.report import read_eval_csv, summary_table, write_report
 
 NAMES16 = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
            "traffic sign", "vegetation", "sky", "person", "rider", "car", "bus", "motorcycle",
@@ -85,12 +86,11 @@ def test_write_report_files(csvs, tmp_path) -> None:
 
 def test_cli(csvs, tmp_path, capsys) -> None:
     out = tmp_path / "cli"
-    assert main(["--out-dir", str(out)] + [f"{k}={v}" for k, v in csvs.items()]) == 0
-    printed = capsys.readouterr().out
-    assert "stage2" in printed and "40.25" in printed
+    assert main(["report", "--out-dir", str(out)] + [f"{k}={v}" for k, v in csvs.items()]) == 0
     assert (out / "summary.csv").is_file()
-    with pytest.raises(SystemExit):
-        main(["--out-dir", str(out), "no-equals-sign"])
+    assert "stage2" in (out / "summary.csv").read_text()
+    assert main(["report", "--out-dir", str(out), "no-equals-sign"]) == 2
+    assert "expected STAGE=CSV" in capsys.readouterr().err
 
 
 def test_format_summary_lists_each_stage_with_its_change(tmp_path):

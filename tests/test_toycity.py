@@ -157,9 +157,16 @@ def test_bad_options():
         toycity.generate("/nonexistent/never", source_size=(8, 8))
 
 
-def test_cli(tmp_path, capsys):
-    toycity.main([str(tmp_path / "cli"), "--seed", "3", "--n-source", "2", "--n-target-train", "2",
-                  "--n-target-val", "1", "--source-size", "48", "24", "--target-size", "48", "24"])
-    assert f"source: {tmp_path / 'cli' / 'gta5'}" in capsys.readouterr().out
+def test_cli(tmp_path):
+    import yaml
+
+    from proda.cli import main
+
+    options = {"seed": 3, "n_source": 2, "n_target_train": 2, "n_target_val": 1, "source_size": [48, 24],
+               "target_size": [48, 24]}
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"toycity": options}}))
+    toy = Path(__file__).resolve().parents[1] / "config.yaml"
+    assert main(["toycity", "--config", str(toy), "--config", str(cfg), "--out", str(tmp_path / "cli")]) == 0
     assert len(GTA5Dataset(tmp_path / "cli" / "gta5", size=None)) == 2
     assert Image.open(tmp_path / "cli/gta5/images/00002.png").size == (48, 24)

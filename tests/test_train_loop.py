@@ -141,6 +141,19 @@ def test_gloo_sync_batchnorm_equals_batchnorm_on_one_process(tmp_path):
         dist.destroy_process_group()
 
 
+def test_cpu_sync_batchnorm_conversion_keeps_the_parameters():
+    """An optimiser built before the conversion (the warm-up's and stage 2/3's groups) still trains
+    the converted model: the synchronised BN holds the very same tensors."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    model[1].weight.requires_grad_(False)
+    params, buffers = list(model.parameters()), list(model.buffers())
+    convert_sync_batchnorm(model, torch.device("cpu"))
+    assert isinstance(model[1], GlooSyncBatchNorm)
+    assert all(a is b for a, b in zip(model.parameters(), params)) and len(list(model.parameters())) == 4
+    assert all(a is b for a, b in zip(model.buffers(), buffers))
+    assert not model[1].weight.requires_grad
+
+
 def _sync_forward(bn: GlooSyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
     """Run the all-reduce branch even though the group has one process."""
     import torch.distributed as dist
@@ -157,7 +170,7 @@ def test_runtime_is_cpu_without_cuda():
     from proda.runtime import make_runtime
 
     rt = make_runtime({"device": "cpu", "amp": True})
-    assert rt.device.type == "cpu" and rt.world_size == int(os.environ.get("WORLD_SIZE", 1))
+    assert rt.device.type == "cpu" and rt.world_size == int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class _CountingStage:

@@ -1,12 +1,12 @@
-"""The Snakemake workflow: lint, config schema and validation, the DAG, partial reruns, the
-report, sharing between experiments, and the worker plumbing (store, resume state, torchrun).
+"""The Snakemake workflow: conventions (lint, snakefmt, thin workers, self-contained references),
+validation before any job, the DAG and its provenance paths, partial reruns, sharing between
+experiments, corrupted and deleted artifacts, and the report.
 
 Snakemake runs in a subprocess with its own working directory per test (--directory) and
 absolute --configfile paths. Tests marked slow run the tiny DAG for real, once per module."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import re
 import shutil
@@ -15,37 +15,46 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import jsonschema
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = [REPO / "config.yaml", REPO / "config" / "tiny.yaml"]
 PRESETS = [REPO / "config" / "gta5_to_cityscapes.yaml", REPO / "config" / "synthia_to_cityscapes.yaml"]
-SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 STAGES = ["warmup", "stage1", "stage2", "stage3"]
-FULL_DAG = sorted(["all", "toycity", "warmup", "soft_labels", "prototypes", "stage1",
-                   "hard_labels[stage1]", "stage2", "hard_labels[stage2]", "stage3", "report",
+FULL_DAG = sorted(["all", "toycity", "warmup", "soft_labels", "prototypes", "stage1", "hard_labels[stage1]",
+                   "distill[stage2]", "hard_labels[stage2]", "distill[stage3]", "report",
                    *(f"evaluate[{s}]" for s in STAGES)])
+DIGEST = r"[0-9a-f]{12}"
 
 
-def smk(workdir: Path, *args: str, configfiles=(), repo: Path = REPO) -> subprocess.CompletedProcess:
+def smk(workdir: Path, *args: str, configfiles=TINY, extra=(), repo: Path = REPO) -> subprocess.CompletedProcess:
+    files = [Path(str(f).replace(str(REPO), str(repo))) for f in configfiles]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(repo / "config.yaml"), str(repo / "config" / "tiny.yaml"),
-           *map(str, configfiles), *args]
+           "--configfile", *map(str, files), *map(str, extra), *args]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
 
-def planned_jobs(workdir: Path, configfiles=(), repo: Path = REPO) -> list[str]:
-    """The jobs a dry-run would execute, as `rule` or `rule[stage]`."""
-    r = smk(workdir, "--dry-run", configfiles=configfiles, repo=repo)
+def job_name(rule: str, node: str | None) -> str:
+    """`rule` or `rule[stage]`: the stage whose model a hard-label or evaluation job reads, or the
+    stage a distill job trains (from the provenance path)."""
+    if node is None or rule not in ("evaluate", "hard_labels", "distill"):
+        return rule
+    folder = node if rule == "distill" else node.rsplit("/", 1)[0]
+    return f"{rule}[{folder.rsplit('/', 1)[1].split('-')[0]}]"
+
+
+def planned_jobs(workdir: Path, extra=(), repo: Path = REPO, configfiles=TINY) -> list[str]:
+    """The jobs a dry-run would execute."""
+    r = smk(workdir, "--dry-run", configfiles=configfiles, extra=extra, repo=repo)
     assert r.returncode == 0, r.stdout + r.stderr
     jobs = []
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", r.stdout + r.stderr):
         m = re.match(r"(?:local)?rule (\w+):", block)
         if m:
-            stage = re.search(r"^\s+wildcards: stage=(\w+)", block, re.M)
-            jobs.append(m.group(1) + (f"[{stage.group(1)}]" if stage else ""))
+            node = re.search(r"^\s+wildcards: node=(\S+)", block, re.M)
+            jobs.append(job_name(m.group(1), node.group(1) if node else None))
     return sorted(jobs)
 
 
@@ -54,110 +63,130 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def load_worker():
-    spec = importlib.util.spec_from_file_location("_worker", REPO / "workflow" / "scripts" / "_worker.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# ------------------------------------------------------------------------------- static checks
+# ------------------------------------------------------------------------------- conventions
 def test_lint_is_clean(tmp_path):
     r = smk(tmp_path, "--lint")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Congratulations" in r.stdout + r.stderr
 
 
-def _resolve(schema: dict) -> dict:
-    ref = schema.get("$ref")
-    return SCHEMA["$defs"][ref.rsplit("/", 1)[1]] if ref else schema
+def test_snakefmt_is_clean():
+    r = subprocess.run([str(Path(sys.executable).parent / "snakefmt"), "--check", "."], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
-def _assert_mirrors(defaults: dict, schema: dict, where: str) -> None:
-    schema = _resolve(schema)
-    props = schema.get("properties", {})
-    assert set(props) == set(defaults), f"{where}: schema keys differ from proda/defaults.yaml"
-    assert schema.get("additionalProperties") is False, f"{where}: unknown keys must be rejected"
-    assert set(schema.get("required", [])) == set(defaults), f"{where}: every key is required"
-    for key, value in defaults.items():
-        if isinstance(value, dict) and value:
-            _assert_mirrors(value, props[key], f"{where}.{key}")
+def test_workflow_has_min_version_and_no_lambdas():
+    sources = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    assert 'min_version("9.0")' in sources[0].read_text()
+    for path in sources:
+        assert "lambda" not in path.read_text(), path
 
 
-def test_schema_mirrors_defaults_key_for_key():
-    from proda.config import load_defaults
+def test_workers_only_map_snakemake_to_one_proda_call():
+    for path in sorted((REPO / "workflow" / "scripts").glob("*.py")):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 25, path
+        imports = re.findall(r"^(?:from|import) (\S+)", text, re.M)
+        assert all(name.startswith("proda") for name in imports), (path, imports)
+        statements = [line for line in text.splitlines() if re.match(r"^[a-z_]+\(", line)]
+        assert len(statements) == 1, (path, statements)
 
-    defaults = load_defaults()
-    _assert_mirrors(defaults, SCHEMA, "config")
-    jsonschema.validate(defaults, SCHEMA)  # every default has an allowed type/value
+
+def test_no_reference_points_outside_the_repository():
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    for rel in tracked:
+        path = REPO / rel
+        if path.suffix in (".py", ".md", ".yaml", ".yml", ".smk", ".rst", ".sh", ".toml", "") and path.is_file():
+            text = path.read_text(errors="replace")
+            assert "../shared" not in text and "proda-reference" not in text, rel
 
 
-def _leaf_keys(d: dict, prefix: str = "") -> set[str]:
-    keys = set()
-    for k, v in d.items():
-        if isinstance(v, dict) and v and k != "toycity":
-            keys |= _leaf_keys(v, f"{prefix}{k}.")
-        else:
-            keys.add(prefix + k)
-    return keys
+def test_config_docs_are_generated_from_the_schema():
+    from proda.config import config_docs
+
+    assert (REPO / "config" / "README.md").read_text() == config_docs(), "run: proda config-docs > config/README.md"
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
-def test_presets_override_every_toy_setting_and_validate(preset):
-    """--configfile layers a preset over config.yaml: it must reset all the toy settings."""
-    from proda.config import deep_merge, load_defaults
+def test_presets_state_only_what_differs_from_the_defaults(preset):
+    from proda.config import load_defaults
 
-    toy, cfg = yaml.safe_load((REPO / "config.yaml").read_text()), yaml.safe_load(preset.read_text())
-    assert _leaf_keys(toy) <= _leaf_keys(cfg), f"{preset.name} leaves toy settings in place"
-    merged = deep_merge(load_defaults(), cfg)
-    jsonschema.validate(merged, SCHEMA)
-    assert merged["data"]["toycity"] is None and merged["model"]["backbone"] == "resnet101"
+    def leaves(d: dict, prefix: str = ""):
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield prefix + k, v
 
-
-def test_preset_values_follow_the_official_readme():
-    gta, syn = (deep_cfg(p) for p in PRESETS)
-    assert (gta["data"]["n_class"], syn["data"]["n_class"]) == (19, 16)
-    assert (gta["data"]["source"]["dataset"], syn["data"]["source"]["dataset"]) == ("gta5", "synthia")
-    assert syn["data"]["source"]["size"] == [1280, 760] and gta["data"]["crop"] == [896, 512]
-    assert (gta["stage1"]["regular_w"], syn["stage1"]["regular_w"]) == (0.1, 0.0)
-    for cfg in (gta, syn):
-        assert cfg["stage1"]["lr"] == 1e-4 and cfg["stage1"]["proto_consistW"] == 10.0
-        assert cfg["stage2"]["lr"] == 6e-4 and cfg["stage2"]["threshold"] == 0.95
-        assert (cfg["stage2"]["student_init"], cfg["stage3"]["student_init"]) == ("simclr", "resume")
-        assert (cfg["stage2"]["ema_bn"], cfg["stage3"]["ema_bn"]) == (False, True)
-
-
-def deep_cfg(preset: Path) -> dict:
-    from proda.config import deep_merge, load_defaults
-
-    return deep_merge(deep_merge(load_defaults(), yaml.safe_load((REPO / "config.yaml").read_text())),
-                      yaml.safe_load(preset.read_text()))
+    defaults = dict(leaves(load_defaults()))
+    for key, value in leaves(yaml.safe_load(preset.read_text())):
+        assert defaults[key] != value, f"{preset.name} restates the default of {key}"
 
 
 # ------------------------------------------------------------------------------- validation
-def _bad_configs(tmp_path: Path) -> dict[str, tuple[dict, str]]:
+@pytest.fixture(scope="module")
+def real_layout(tmp_path_factory) -> Path:
+    """A tiny dataset pair in the real GTA5 / Cityscapes layouts (from the toy generator)."""
+    from proda.data import toycity
+
+    root = tmp_path_factory.mktemp("layout") / "data"
+    toycity.generate(root, n_source=3, n_target_train=3, n_target_val=2, source_size=(64, 32),
+                     target_size=(64, 32))
+    return root
+
+
+def _real_data(root: Path, **extra) -> dict:
+    cfg = {"data": {"toycity": None, "source": {"root": str(root / "gta5")},
+                    "target": {"root": str(root / "cityscapes")}}}
+    for key, value in extra.items():
+        cfg.setdefault(key, {}).update(value)
+    return cfg
+
+
+def _bad_configs(tmp_path: Path, layout: Path) -> dict[str, tuple[dict, str]]:
+    empty_val = tmp_path / "empty_val"
+    shutil.copytree(layout, empty_val)
+    shutil.rmtree(empty_val / "cityscapes" / "leftImg8bit" / "val" / "voxelstadt")
+    no_label = tmp_path / "no_label"
+    shutil.copytree(layout, no_label)
+    labels = sorted((no_label / "cityscapes" / "gtFine" / "val").rglob("*_labelIds.png"))
+    labels[-1].unlink()
     return {
         "unknown_key": ({"stage2": {"thresh": 0.5}}, "unknown config key 'stage2.thresh'"),
         "wrong_type": ({"stage2": {"threshold": "high"}}, "config key 'stage2.threshold'"),
         "bad_enum": ({"model": {"backbone": "resnet12"}}, "config key 'model.backbone'"),
+        "crop": ({"data": {"crop": [60, 32]}}, "config key 'data.crop' must hold multiples of 8"),
+        "n_class": ({"data": {"n_class": 16}}, "config key 'data.n_class' is 16, but GTA5"),
         "missing_dataset": ({"data": {"toycity": None, "source": {"root": str(tmp_path / "nope")}}},
                             "config key 'data.source.root': directory not found"),
         "missing_checkpoint": ({"warmup": {"checkpoint": str(tmp_path / "w.pt")}},
                                "config key 'warmup.checkpoint': file not found"),
+        "empty_val": (_real_data(empty_val), "config key 'data.target.root' (cityscapes val)"),
+        "missing_label": (_real_data(no_label), f"has no label {labels[-1]}"),
     }
 
 
-@pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "bad_enum", "missing_dataset",
-                                  "missing_checkpoint"])
-def test_bad_config_stops_before_any_job_with_one_message(tmp_path, case):
-    override, expected = _bad_configs(tmp_path)[case]
-    r = smk(tmp_path, "--cores", "1", configfiles=[write_yaml(tmp_path / "bad.yaml", override)])
+@pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "bad_enum", "crop", "n_class", "missing_dataset",
+                                  "missing_checkpoint", "empty_val", "missing_label"])
+def test_bad_config_stops_before_any_job_with_one_message(tmp_path, real_layout, case):
+    override, expected = _bad_configs(tmp_path, real_layout)[case]
+    r = smk(tmp_path, "--cores", "1", configfiles=[*TINY, write_yaml(tmp_path / "bad.yaml", override)])
     out = r.stdout + r.stderr
     assert r.returncode != 0
     messages = [line for line in out.splitlines() if "Invalid configuration" in line]
-    assert len(messages) == 1 and messages[0].startswith(f"Invalid configuration: {expected}"), out
+    assert len(messages) == 1 and messages[0].startswith("Invalid configuration: "), out
+    assert expected in messages[0], out
     assert "Traceback" not in out and "Job stats" not in out and "rule " not in out
     assert not (tmp_path / "results").exists()
+
+
+def test_cli_runs_the_same_validation(tmp_path):
+    from proda.cli import main
+
+    bad = write_yaml(tmp_path / "bad.yaml", {"data": {"crop": [60, 32]}})
+    assert main(["warmup", "--config", str(TINY[0]), "--config", str(bad), "--out", str(tmp_path / "m.pt")]) == 2
+    assert not (tmp_path / "m.pt").exists()
 
 
 # ------------------------------------------------------------------------------- the DAG
@@ -165,102 +194,63 @@ def test_dry_run_plans_the_whole_pipeline(tmp_path):
     assert planned_jobs(tmp_path) == FULL_DAG
 
 
-def test_dry_run_outputs_follow_the_artifact_layout(tmp_path):
+def test_outputs_carry_their_provenance_in_the_path(tmp_path):
     r = smk(tmp_path, "--dry-run")
-    outputs = set(re.findall(r"^\s+output: (.+)$", r.stdout, re.M))
-    files = {f.strip() for line in outputs for f in line.split(",")}
-    res = "results/tiny"
-    expected = {f"{res}/warmup/model.pt", f"{res}/pseudo/soft_warmup.h5", f"{res}/prototypes/warmup.h5",
-                *(f"{res}/stage{i}/model.pt" for i in (1, 2, 3)),
-                *(f"{res}/pseudo/hard_stage{i}.h5" for i in (1, 2)),
-                *(f"{res}/eval/{s}.csv" for s in STAGES),
-                f"{res}/report/summary.csv", f"{res}/report/miou_by_stage.png", f"{res}/report/per_class_iou.png"}
-    assert files - {f for f in files if "/data/toycity-" in f} == expected
-    assert len([f for f in files if f.startswith("results/data/toycity-")]) == 1
+    files = {f.strip() for line in re.findall(r"^\s+output: (.+)$", r.stdout, re.M) for f in line.split(",")}
+    runs = rf"results/runs/warmup-{DIGEST}"
+    s1, s2, s3 = rf"{runs}/stage1-{DIGEST}", rf"{runs}/stage1-{DIGEST}/stage2-{DIGEST}", \
+        rf"{runs}/stage1-{DIGEST}/stage2-{DIGEST}/stage3-{DIGEST}"
+    patterns = [rf"results/data/toycity-{DIGEST}", rf"{runs}/soft_labels-{DIGEST}\.h5",
+                rf"{runs}/prototypes-{DIGEST}\.h5", *(rf"{m}/hard_labels-{DIGEST}\.h5" for m in (s1, s2)),
+                *(rf"{m}/(model\.pt|train\.csv|eval-{DIGEST}\.csv)" for m in (runs, s1, s2, s3)),
+                r"results/tiny/report/(summary\.csv|miou_by_stage\.png|per_class_iou\.png)",
+                r"results/tiny/eval", r"results/tiny/manifest\.yaml"]
+    unmatched = [f for f in files if not any(re.fullmatch(p, f) for p in patterns)]
+    assert not unmatched and len(files) == 1 + 2 + 2 + 4 * 3 + 3 + 2, (unmatched, sorted(files))
 
 
-def test_preset_dag_imports_the_warmup_and_uses_real_data(tmp_path):
-    """A paper preset with (fake) dataset folders and weight files: no toy data, the warm-up
-    checkpoint is the warmup rule's input, SimCLR weights are the stage-2 student's."""
-    for d in ("GTA5", "cityscapes"):
-        (tmp_path / d).mkdir()
+def test_preset_dag_imports_the_warmup_and_uses_real_data(tmp_path, real_layout):
+    """A paper preset with data in the real layouts and (placeholder) weight files: no toy data,
+    the warm-up checkpoint is the warmup rule's input, SimCLR weights are the stage-2 student's."""
     for f in ("warmup.pkl", "simclr.pth"):
         (tmp_path / f).write_bytes(b"x")
-    paths = write_yaml(tmp_path / "paths.yaml", {
-        "data": {"source": {"root": str(tmp_path / "GTA5")}, "target": {"root": str(tmp_path / "cityscapes")}},
-        "warmup": {"checkpoint": str(tmp_path / "warmup.pkl")}, "model": {"simclr": str(tmp_path / "simclr.pth")}})
+    paths = write_yaml(tmp_path / "paths.yaml", {**_real_data(real_layout),
+                                                 "warmup": {"checkpoint": str(tmp_path / "warmup.pkl")},
+                                                 "model": {"simclr": str(tmp_path / "simclr.pth")}})
     r = smk(tmp_path, "--dry-run", configfiles=[PRESETS[0], paths])
     assert r.returncode == 0, r.stdout + r.stderr
-    blocks = {m.group(1): m.group(0) for m in re.finditer(r"rule (\w+):\n(?:\s+.+\n)+", r.stdout)}
+    blocks: dict[str, str] = {}
+    for m in re.finditer(r"rule (\w+):\n(?:\s+.+\n)+", r.stdout):
+        blocks[m.group(1)] = blocks.get(m.group(1), "") + m.group(0)
     assert "toycity" not in blocks
     assert f"input: {tmp_path / 'warmup.pkl'}" in blocks["warmup"]
-    assert str(tmp_path / "simclr.pth") in blocks["stage2"]
+    assert str(tmp_path / "simclr.pth") in blocks["distill"]
     assert "gpu=1" in blocks["stage1"] and "runtime=4320" in blocks["stage1"]
 
 
-# ------------------------------------------------------------------------------- worker plumbing
-def test_torchrun_command_matches_the_proda_cli():
-    from proda.cli import _parser
+def test_presets_are_used_instead_of_the_toy_config(tmp_path, real_layout):
+    """--configfile with a preset alone: no toy setting leaks in (config.yaml is not read): the
+    warm-up folder is the one the preset alone names."""
+    from proda.config import resolve
+    from proda.plan import plan
 
-    worker = load_worker()
-    kwargs = {"stage": "stage2", "teacher_ckpt": "s1.pt", "hard_h5": "h.h5", "out_ckpt": "s2.pt",
-              "state_dir": "st", "init_ckpt": None}
-    cmd = worker.torchrun_command("distill", "cfg.json", 4, 16, kwargs)
-    assert cmd[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
-    args = _parser().parse_args(cmd[cmd.index("proda.cli") + 1:])
-    assert (args.command, args.teacher, args.labels, args.out, args.state_dir, args.init) == \
-        ("stage2", "s1.pt", "h.h5", "s2.pt", "st", None)
-    assert (args.config_json, args.threads) == ("cfg.json", 4)
-    cmd = worker.torchrun_command("stage1", "c.json", 2, 8, {"warmup_ckpt": "w", "soft_h5": "s", "prototypes_h5": "p",
-                                                            "out_ckpt": "o", "state_dir": "d"})
-    args = _parser().parse_args(cmd[cmd.index("proda.cli") + 1:])
-    assert (args.command, args.warmup, args.soft, args.prototypes, args.out) == ("stage1", "w", "s", "p", "o")
-
-
-def test_state_dir_is_kept_only_for_the_same_job(tmp_path):
-    worker = load_worker()
-    state = tmp_path / "stage2" / "state"
-    worker.prepare_state_dir(str(state), "key-a")
-    (state / "last.pt").write_text("resume me")
-    (tmp_path / "stage2" / "train.csv").write_text("iter,loss\n1,0.5\n")
-    worker.prepare_state_dir(str(state), "key-a")  # the same job again (crash, time-out): resume
-    assert (state / "last.pt").read_text() == "resume me"
-    assert (tmp_path / "stage2" / "train.csv").exists()
-    worker.prepare_state_dir(str(state), "key-b")  # params or inputs changed: start afresh
-    assert sorted(p.name for p in state.iterdir()) == ["job.key"]
-    assert not (tmp_path / "stage2" / "train.csv").exists()
-
-
-def _fake_job(tmp_path: Path, experiment: str, key: str) -> SimpleNamespace:
-    out = tmp_path / "results" / experiment / "stage1" / "model.pt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return SimpleNamespace(config={"results_dir": str(tmp_path / "results")}, rule="stage1",
-                           params=SimpleNamespace(key=key), output=[str(out)])
-
-
-def test_store_shares_an_artifact_between_experiments_only_for_equal_keys_and_code(tmp_path, monkeypatch):
-    worker = load_worker()
-    a = worker.Store(_fake_job(tmp_path, "a", "k1"))
-    assert not a.fetch()  # nothing filed yet
-    a.output.write_bytes(b"weights")
-    (a.output.parent / "state").mkdir()
-    (a.output.parent / "state" / "train.csv").write_text("iter\n1\n")
-    a.put()
-    b = worker.Store(_fake_job(tmp_path, "b", "k1"))
-    assert b.fetch()
-    assert os.path.samefile(a.output, b.output) and b.output.is_symlink()  # no copy
-    log_a, log_b = (s.output.parent / "state" / "train.csv" for s in (a, b))
-    assert log_b.read_text() == "iter\n1\n" and not os.path.samefile(log_a, log_b)  # a copy
-    assert not worker.Store(_fake_job(tmp_path, "c", "k2")).fetch()  # other config or inputs
-    monkeypatch.setattr(worker, "code_fingerprint", lambda: "edited code")
-    assert not worker.Store(_fake_job(tmp_path, "d", "k1")).fetch()  # other code
+    for f in ("warmup.pkl", "simclr.pth"):
+        (tmp_path / f).write_bytes(b"x")
+    paths = write_yaml(tmp_path / "paths.yaml", {**_real_data(real_layout),
+                                                 "warmup": {"checkpoint": str(tmp_path / "warmup.pkl")},
+                                                 "model": {"simclr": str(tmp_path / "simclr.pth")}})
+    r = smk(tmp_path, "--dry-run", configfiles=[PRESETS[0], paths])
+    assert r.returncode == 0, r.stdout + r.stderr
+    alone, layered = (plan(resolve(*files)).models["warmup"] for files in ([PRESETS[0], paths],
+                                                                           [TINY[0], PRESETS[0], paths]))
+    assert f"output: {alone}/model.pt" in r.stdout and alone != layered
 
 
 # ------------------------------------------------------------------------------- real runs
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> SimpleNamespace:
     """One real run of config/tiny.yaml (the whole DAG), from a snapshot of the repository so
-    that edits made meanwhile (code changes count for reruns and for the store) cannot interfere."""
+    that edits made meanwhile (code changes count for reruns) cannot interfere."""
     root = tmp_path_factory.mktemp("tiny")
     repo = root / "repo"
     repo.mkdir()
@@ -273,21 +263,29 @@ def tiny_run(tmp_path_factory) -> SimpleNamespace:
     run.dir.mkdir()
     r = smk(run.dir, "--cores", "2", "--show-failed-logs", repo=repo)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-8000:]
+    run.manifest = yaml.safe_load((run.dir / "results" / "tiny" / "manifest.yaml").read_text())
     return run
+
+
+def _model(run: SimpleNamespace, stage: str) -> Path:
+    return run.dir / "results" / run.manifest["stages"][stage]["model"]
 
 
 @pytest.mark.slow
 def test_full_run_writes_every_artifact_log_and_benchmark(tiny_run):
     res = tiny_run.dir / "results" / "tiny"
-    for rel in ["warmup/model.pt", "pseudo/soft_warmup.h5", "prototypes/warmup.h5", "stage1/model.pt",
-                "pseudo/hard_stage1.h5", "stage2/model.pt", "pseudo/hard_stage2.h5", "stage3/model.pt",
-                *(f"eval/{s}.csv" for s in STAGES), "report/summary.csv", "report/miou_by_stage.png",
-                "report/per_class_iou.png", *(f"{s}/state/train.csv" for s in STAGES)]:
+    for rel in ["report/summary.csv", "report/miou_by_stage.png", "report/per_class_iou.png", "manifest.yaml",
+                *(f"eval/{s}.csv" for s in STAGES)]:
         assert (res / rel).is_file() and (res / rel).stat().st_size > 0, rel
-    logs = {p.stem for p in (res / "logs").glob("*.log")}
-    assert logs == {"warmup", "soft_labels", "prototypes", "stage1", "stage2", "stage3", "report",
-                    "hard_labels_stage1", "hard_labels_stage2", *(f"evaluate_{s}" for s in STAGES)}
-    assert {p.stem for p in (res / "benchmarks").glob("*.tsv")} == logs
+    for stage in STAGES:
+        folder = _model(tiny_run, stage).parent
+        for name in ("model.pt", "train.csv", "job.log", "job.benchmark.tsv"):
+            assert (folder / name).is_file(), (stage, name)
+        evaluation = res.parent / tiny_run.manifest["stages"][stage]["eval"]
+        assert evaluation.read_text() == (res / "eval" / f"{stage}.csv").read_text()
+        assert evaluation.with_suffix(".log").is_file() and evaluation.with_suffix(".benchmark.tsv").is_file()
+    rows = list(csv.DictReader(open(_model(tiny_run, "stage1").with_name("train.csv"))))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4] and float(rows[-1]["loss"]) >= 0
 
 
 @pytest.mark.slow
@@ -300,8 +298,7 @@ def test_report_has_one_row_per_stage_with_miou_in_percent(tiny_run):
     assert list(rows[0]) == ["stage", *class_names(19), "mIoU"]
     for row in rows:
         assert 0.0 <= float(row["mIoU"]) <= 100.0
-        ious = [float(v) for k, v in row.items() if k != "stage" and v != ""]
-        assert all(0.0 <= v <= 100.0 for v in ious)
+        assert all(0.0 <= float(v) <= 100.0 for k, v in row.items() if k != "stage" and v != "")
 
 
 @pytest.mark.slow
@@ -313,22 +310,24 @@ def test_noop_rerun_executes_nothing(tiny_run):
 @pytest.mark.slow
 def test_stage2_threshold_change_reruns_exactly_its_suffix(tiny_run):
     over = write_yaml(tiny_run.dir / "threshold.yaml", {"stage2": {"threshold": 0.5}})
-    assert planned_jobs(tiny_run.dir, [over], repo=tiny_run.repo) == sorted(
-        ["stage2", "evaluate[stage2]", "hard_labels[stage2]", "stage3", "evaluate[stage3]", "report", "all"])
+    assert planned_jobs(tiny_run.dir, repo=tiny_run.repo, configfiles=[*TINY, over]) == sorted(
+        ["distill[stage2]", "evaluate[stage2]", "hard_labels[stage2]", "distill[stage3]", "evaluate[stage3]",
+         "report", "all"])
 
 
 @pytest.mark.slow
 def test_stage1_change_reruns_from_stage1_on(tiny_run):
     over = write_yaml(tiny_run.dir / "stage1.yaml", {"stage1": {"proto_consistW": 5.0}})
-    assert planned_jobs(tiny_run.dir, [over], repo=tiny_run.repo) == sorted(
-        ["stage1", "evaluate[stage1]", "hard_labels[stage1]", "stage2", "evaluate[stage2]",
-         "hard_labels[stage2]", "stage3", "evaluate[stage3]", "report", "all"])
+    assert planned_jobs(tiny_run.dir, repo=tiny_run.repo, configfiles=[*TINY, over]) == sorted(
+        ["stage1", "evaluate[stage1]", "hard_labels[stage1]", "distill[stage2]", "evaluate[stage2]",
+         "hard_labels[stage2]", "distill[stage3]", "evaluate[stage3]", "report", "all"])
 
 
 @pytest.mark.slow
 def test_execution_settings_rerun_nothing(tiny_run):
-    over = write_yaml(tiny_run.dir / "exec.yaml", {"data": {"num_workers": 1}, "train": {"log_every": 7}})
-    r = smk(tiny_run.dir, "--dry-run", configfiles=[over], repo=tiny_run.repo)
+    over = write_yaml(tiny_run.dir / "exec.yaml", {"data": {"num_workers": 1}, "train": {"log_every": 7},
+                                                   "device": "auto"})
+    r = smk(tiny_run.dir, "--dry-run", configfiles=[*TINY, over], repo=tiny_run.repo)
     assert "Nothing to be done" in r.stdout + r.stderr, r.stdout + r.stderr
 
 
@@ -339,23 +338,92 @@ def test_html_report_has_the_results_and_captions(tiny_run):
     html = (tiny_run.dir / "report.html").read_text(errors="replace")
     assert len(html) > 100_000 and "summary.csv" in html and "miou_by_stage.png" in html
     assert "Stage x class table" in html and "after each stage" in html
-    assert "of the stage2 model" in html  # captions are rendered per job (wildcards)
 
 
 @pytest.mark.slow
-def test_second_experiment_reuses_the_shared_upstream(tiny_run):
-    """Another experiment in the same results_dir that differs only in stage2.threshold links
-    the warm-up .. stage-1 artifacts from the store and computes stage 2 onwards."""
-    over = write_yaml(tiny_run.dir / "b.yaml", {"experiment": "tiny_b", "stage2": {"threshold": 0.5}})
-    r = smk(tiny_run.dir, "--cores", "2", "--show-failed-logs", configfiles=[over], repo=tiny_run.repo)
+def test_experiments_share_upstream_and_switching_back_reruns_nothing(tiny_run):
+    """A second experiment differing only in stage2.threshold plans (and runs) only stage 2 on;
+    then the first experiment switched to that threshold finds every artifact already built, and
+    switched back finds its old ones: only its (local, seconds-long) report is rewritten."""
+    b = write_yaml(tiny_run.dir / "b.yaml", {"experiment": "tiny_b", "stage2": {"threshold": 0.5}})
+    jobs = planned_jobs(tiny_run.dir, repo=tiny_run.repo, configfiles=[*TINY, b])
+    assert jobs == sorted(["distill[stage2]", "evaluate[stage2]", "hard_labels[stage2]", "distill[stage3]",
+                           "evaluate[stage3]", "report", "all"])
+    r = smk(tiny_run.dir, "--cores", "2", "--show-failed-logs", configfiles=[*TINY, b], repo=tiny_run.repo)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-8000:]
-    a, b = tiny_run.dir / "results" / "tiny", tiny_run.dir / "results" / "tiny_b"
-    for rel in ["warmup/model.pt", "pseudo/soft_warmup.h5", "prototypes/warmup.h5", "stage1/model.pt",
-                "pseudo/hard_stage1.h5", "eval/warmup.csv", "eval/stage1.csv"]:
-        assert os.path.samefile(a / rel, b / rel), rel
-    for rel in ["stage2/model.pt", "pseudo/hard_stage2.h5", "stage3/model.pt"]:
-        assert not os.path.samefile(a / rel, b / rel), rel
-    assert "reused" in (b / "logs" / "stage1.log").read_text()
-    assert "reused" not in (b / "logs" / "stage2.log").read_text()
-    assert (b / "report" / "summary.csv").is_file()
-    assert "Nothing to be done" in smk(tiny_run.dir, "--dry-run", repo=tiny_run.repo).stdout  # experiment a untouched
+    mb = yaml.safe_load((tiny_run.dir / "results" / "tiny_b" / "manifest.yaml").read_text())
+    for stage in ("warmup", "stage1"):
+        assert mb["stages"][stage] == tiny_run.manifest["stages"][stage]
+    assert mb["stages"]["stage2"]["model"] != tiny_run.manifest["stages"]["stage2"]["model"]
+
+    switched = write_yaml(tiny_run.dir / "a05.yaml", {"stage2": {"threshold": 0.5}})
+    assert planned_jobs(tiny_run.dir, repo=tiny_run.repo, configfiles=[*TINY, switched]) == ["all", "report"]
+    r = smk(tiny_run.dir, "--cores", "1", configfiles=[*TINY, switched], repo=tiny_run.repo)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert planned_jobs(tiny_run.dir, repo=tiny_run.repo) == ["all", "report"]  # back to 0.8: all built
+    r = smk(tiny_run.dir, "--cores", "1", repo=tiny_run.repo)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_prune_lists_run_folders_no_experiment_uses(tiny_run, tmp_path):
+    from proda.steps import prune
+
+    results = tmp_path / "results"
+    shutil.copytree(tiny_run.dir / "results", results, symlinks=True)
+    orphan = results / "runs" / ("warmup-" + "0" * 12)
+    (orphan / ("stage1-" + "1" * 12)).mkdir(parents=True)
+    old = _model(tiny_run, "stage1").parent / ("stage2-" + "2" * 12)
+    old = results.parent / old.relative_to(tiny_run.dir)
+    old.mkdir()
+    assert prune(results) == sorted([orphan, old])
+    assert orphan.is_dir()  # listed, not removed
+    prune(results, delete=True)
+    assert not orphan.exists() and not old.exists()
+    assert (results.parent / _model(tiny_run, "stage3").relative_to(tiny_run.dir)).is_file()
+
+
+def _copy_of(run: SimpleNamespace, tmp_path: Path) -> SimpleNamespace:
+    work = tmp_path / "work"
+    shutil.copytree(run.dir, work, symlinks=True)
+    return SimpleNamespace(dir=work, repo=run.repo, manifest=run.manifest)
+
+
+@pytest.mark.slow
+def test_truncated_soft_labels_are_never_reported_as_success(tiny_run, tmp_path):
+    run = _copy_of(tiny_run, tmp_path)
+    soft = next(_model(run, "warmup").parent.glob("soft_labels-*.h5"))
+    soft.write_bytes(soft.read_bytes()[: soft.stat().st_size // 2])
+    soft.touch()
+    r = smk(run.dir, "--cores", "2", "--show-failed-logs", repo=run.repo)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-4000:]
+    errors = [line for line in out.splitlines() if "error:" in line and soft.name in line]
+    assert errors, out[-6000:]
+
+
+@pytest.mark.slow
+def test_random_bytes_in_a_model_are_never_reported_as_success(tiny_run, tmp_path):
+    run = _copy_of(tiny_run, tmp_path)
+    model = _model(run, "stage1")
+    data = bytearray(model.read_bytes())
+    data[100:5100] = os.urandom(5000)
+    model.write_bytes(bytes(data))
+    r = smk(run.dir, "--cores", "2", "--show-failed-logs", repo=run.repo)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-4000:]
+    errors = [line for line in out.splitlines() if "error:" in line and str(model.relative_to(run.dir)) in line]
+    assert errors, out[-6000:]
+
+
+@pytest.mark.slow
+def test_deleting_an_artifact_folder_recomputes_it(tiny_run, tmp_path):
+    run = _copy_of(tiny_run, tmp_path)
+    folder = _model(run, "stage2").parent
+    shutil.rmtree(folder)
+    assert planned_jobs(run.dir, repo=run.repo) == sorted(
+        ["distill[stage2]", "evaluate[stage2]", "hard_labels[stage2]", "distill[stage3]", "evaluate[stage3]",
+         "report", "all"])
+    r = smk(run.dir, "--cores", "2", repo=run.repo)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert (folder / "model.pt").is_file()

@@ -8,6 +8,9 @@ from .labels import check_n_class, id_to_trainid_lut
 
 IMAGE_SUFFIX = "leftImg8bit.png"
 LABEL_SUFFIX = "gtFine_labelIds.png"
+# The Cityscapes id table is 0..33 plus -1 (license plate), which is never drawn into a
+# labelIds PNG; any other value is a bad label file, not "ignore".
+N_IDS = 34
 
 
 def label_path(root: Path, split: str, image: Path) -> Path:
@@ -25,6 +28,7 @@ class CityscapesDataset(SegmentationDataset):
 
     Images are every ``*.png`` found recursively under ``leftImg8bit/<split>``, sorted by path
     string. ``labels=False`` ignores ``gtFine`` (e.g. the test split) and yields all-250 labels.
+    A label id outside 0..33, or a label not of its image's size, is a DatasetError.
     """
 
     def __init__(self, root: PathLike, split: str = "train", n_class: int = 19,
@@ -39,8 +43,8 @@ class CityscapesDataset(SegmentationDataset):
                    for img in images]
         if labels and images:
             self._check_labels(root, split, samples)
-        super().__init__(samples, id_to_trainid_lut("cityscapes", check_n_class(n_class)),
-                         n_class, size, img_dir)
+        lut = id_to_trainid_lut("cityscapes", check_n_class(n_class))[:N_IDS]
+        super().__init__(samples, lut, n_class, size, img_dir, table="Cityscapes")
         self.root, self.split = root, split
 
     @staticmethod

@@ -32,7 +32,8 @@ def split_length(path: Path) -> int:
 class GTA5Dataset(SegmentationDataset):
     """All N GTA5 frames ``00001.png … {N:05d}.png`` (N from ``split.mat``), always 19 classes.
 
-    Label values must lie in 0..34 (the GTA5/Cityscapes id range); the void list maps to 250.
+    Label values must lie in 0..34 (the GTA5 id table) and a label must have its image's size,
+    else reading the item is a DatasetError; the void list maps to 250.
     """
 
     def __init__(self, root: PathLike, size: Size | None = (1914, 1052), labels: bool = True) -> None:
@@ -49,5 +50,6 @@ class GTA5Dataset(SegmentationDataset):
             if lbl is not None and not lbl.is_file():
                 raise DatasetError(f"GTA5 image {img} has no label {lbl}")
         samples = [Sample(img_dir / m, lbl_dir / m if lbl_dir else None, m) for m in names]
-        super().__init__(samples, id_to_trainid_lut("gta5", 19), 19, size, root / "split.mat")
+        lut = id_to_trainid_lut("gta5", 19)  # covers exactly the ids 0..34
+        super().__init__(samples, lut, 19, size, root / "split.mat", table="GTA5")
         self.root = root

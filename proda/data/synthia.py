@@ -9,6 +9,9 @@ import numpy as np
 from .base import DatasetError, PathLike, Sample, SegmentationDataset, Size, check_pairs, require_dir
 from .labels import check_n_class, id_to_trainid_lut
 
+# SYNTHIA class ids 0 (void) .. 22 (lane marking); any other value is a bad label file.
+N_IDS = 23
+
 
 def read_synthia_ids(path: PathLike) -> np.ndarray:
     """Class-id channel of a 16-bit multi-channel SYNTHIA label.
@@ -31,7 +34,8 @@ class SynthiaDataset(SegmentationDataset):
     """SYNTHIA with labels mapped to ``n_class`` (19/16/13) train ids.
 
     Deviation: the official list is ``os.listdir(RGB)`` in filesystem order; here it is sorted
-    so that runs are deterministic across machines.
+    so that runs are deterministic across machines. A class id outside 0..22, or a label not of
+    its image's size, is a DatasetError.
     """
 
     def __init__(self, root: PathLike, n_class: int = 16, size: Size | None = (1280, 760),
@@ -46,8 +50,8 @@ class SynthiaDataset(SegmentationDataset):
                     raise DatasetError(f"SYNTHIA image {img} has no label {lbl_dir / img.name}")
             check_pairs(images, sorted(lbl_dir.glob("*.png")), lambda lb: img_dir / lb.name, "SYNTHIA")
         samples = [Sample(img, lbl_dir / img.name if lbl_dir else None, img.name) for img in images]
-        super().__init__(samples, id_to_trainid_lut("synthia", check_n_class(n_class)),
-                         n_class, size, img_dir)
+        lut = id_to_trainid_lut("synthia", check_n_class(n_class))[:N_IDS]
+        super().__init__(samples, lut, n_class, size, img_dir, table="SYNTHIA")
         self.root = root
 
     def read_raw_label(self, path: Path) -> np.ndarray:

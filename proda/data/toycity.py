@@ -17,7 +17,6 @@ is byte-identical for a given seed and options.
 """
 from __future__ import annotations
 
-import argparse
 import colorsys
 import io
 import json
@@ -510,23 +509,3 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_source: int = 200, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return _paths(out)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m proda.data.toycity", description=__doc__.split("\n")[0])
-    p.add_argument("out", type=Path, help="output folder (gets gta5/ and cityscapes/)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-source", type=int, default=200)
-    p.add_argument("--n-target-train", type=int, default=100)
-    p.add_argument("--n-target-val", type=int, default=40)
-    p.add_argument("--source-size", type=int, nargs=2, default=(160, 88), metavar=("W", "H"))
-    p.add_argument("--target-size", type=int, nargs=2, default=(192, 96), metavar=("W", "H"))
-    a = p.parse_args(argv)
-    paths = generate(a.out, seed=a.seed, n_source=a.n_source, n_target_train=a.n_target_train,
-                     n_target_val=a.n_target_val, source_size=a.source_size, target_size=a.target_size)
-    for k, v in paths.items():
-        print(f"{k}: {v}")
-
-
-if __name__ == "__main__":
-    main()

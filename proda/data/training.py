@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .base import to_tensor
+from .base import DatasetError, to_tensor
 from .labels import IGNORE_INDEX
 from .transforms import (apply_weak_label, apply_weak_pil, apply_weak_tensor, sample_weak_params,
                          strong_augment)
@@ -93,9 +93,9 @@ class TrainingDataset(Dataset):
         name = _item_name(self.dataset, i)
         img, label = self.dataset.load_pil(i)
         img = img.convert("RGB")
-        if label.shape != (img.height, img.width):
-            raise ValueError(f"{name}: label shape {label.shape} does not match the image "
-                             f"{img.height}×{img.width}")
+        if label.shape != (img.height, img.width):  # the datasets check this per file already
+            raise DatasetError(f"{name}: label shape {label.shape} does not match the image "
+                               f"{img.height}×{img.width}")
         wp = sample_weak_params(rng, img.size, self.resize_base, self.crop_wh, self.scale_range,
                                 self.hflip, self.small)
         weak = apply_weak_pil(img, wp, Image.Resampling.BILINEAR)
@@ -125,12 +125,16 @@ class TrainingDataset(Dataset):
         return apply_weak_tensor(q, wp).contiguous()
 
     def _hard(self, name: str, size_wh: tuple[int, int], wp) -> torch.Tensor:
-        """Hard label: nearest to the image size, then the weak view padded with 250 (int64)."""
+        """Hard label at the image size (checked, never resized), then the weak view padded with
+        250 (int64). Hard labels are written at the size of the dataset's items, so another size
+        means they were made for another data configuration."""
         lp = np.asarray(self.hard_labels.get(name, self.hard_threshold))
         if lp.ndim != 2 or lp.dtype != np.uint8:
             raise ValueError(f"{name}: hard label must be uint8 H×W, got {lp.dtype} {lp.shape}")
         if (lp.shape[1], lp.shape[0]) != tuple(size_wh):
-            lp = np.asarray(Image.fromarray(lp).resize(size_wh, Image.Resampling.NEAREST))
+            store = getattr(self.hard_labels, "path", type(self.hard_labels).__name__)
+            raise DatasetError(f"hard pseudo label of {name} in {store} is {lp.shape[1]}x"
+                               f"{lp.shape[0]} but the image is {size_wh[0]}x{size_wh[1]}")
         return torch.from_numpy(apply_weak_label(lp, wp, IGNORE_INDEX).astype(np.int64))
 
 

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -46,16 +47,93 @@ def strip_module_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def _torch_load(path: PathLike, what: str) -> Any:
-    """``torch.load`` on CPU with a one-line error naming the file (files are trusted artefacts)."""
+# numpy scalar dtypes weights_only loading may rebuild (numeric only, never the object dtype).
+_NUMPY_DTYPES = ("Float64DType", "Float32DType", "Int64DType", "Int32DType")
+
+
+def _safe_globals() -> list[Any]:
+    """The globals ``weights_only`` loading accepts beyond torch's defaults.
+
+    * the official ``best_iou``, a ``numpy.float64`` (the official metrics return
+      ``np.nanmean(...)``): it pickles as ``numpy._core.multiarray.scalar(numpy.dtype('f8'),
+      bytes)`` (``numpy.core.multiarray`` when written with numpy 1.x, as the released files
+      were), and rebuilding the dtype needs its class. Only numeric dtypes are listed: an object
+      dtype (which could carry arbitrary objects) stays refused.
+    * ``torch.torch_version.TorchVersion``, a ``str`` subclass: our checkpoints written before
+      ``proda_meta.torch_version`` was stored as a plain ``str`` hold one.
+    """
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar
+    allowed: list[Any] = [(scalar, "numpy._core.multiarray.scalar"),
+                          (scalar, "numpy.core.multiarray.scalar"), np.dtype,
+                          torch.torch_version.TorchVersion]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
+    if dtypes is not None:
+        allowed += [getattr(dtypes, name) for name in _NUMPY_DTYPES if hasattr(dtypes, name)]
+    return allowed
+
+
+# How a caller opts into full unpickling; one place, so that the message names the real switch.
+OPT_IN_HINT = ("if you trust the file, set the config key unsafe_pickle: true "
+               "(--allow-pickle on the command line, allow_pickle=True in Python)")
+_REFUSED = (re.compile(r"Unsupported global: GLOBAL (\S+)"),
+            re.compile(r"unsupported GLOBAL (\S+) whose module"),
+            re.compile(r"Can only (?:build|create new object)[^\n]*?got (<class '[^']+'>|\S+)"))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The informative line of a load error (torch wraps weights-only errors in a long preface)."""
+    text = str(exc).strip()
+    match = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if match:
+        return match.group(1).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _refused_globals(path: Path, exc: BaseException) -> list[str]:
+    """The globals that made ``weights_only`` refuse ``path``; empty when it failed otherwise."""
+    for pattern in _REFUSED:
+        match = pattern.search(str(exc))
+        if match:
+            break
+    else:
+        return []
+    try:  # the full list, for files in torch.save's zip format
+        with torch.serialization.safe_globals(_safe_globals()):
+            names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # noqa: BLE001 - legacy format: the one global named by the error
+        names = []
+    return names or [match.group(1)]
+
+
+def _torch_load(path: PathLike, what: str, *, allow_pickle: bool = False) -> Any:
+    """``torch.load`` on CPU with ``weights_only=True``; errors are one line naming the file.
+
+    Tensors, containers and plain values load; so do the numpy scalars of official files
+    (:func:`_safe_globals`). A file that needs any other global is refused unless
+    ``allow_pickle`` (the explicit opt-in for trusted files), which then unpickles it fully.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unreadable file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read {what} {path}: {first}") from exc
+        refused = _refused_globals(path, exc)
+        if not refused:
+            raise CheckpointError(f"cannot read {what} {path}: {_first_line(exc)}") from exc
+        if not allow_pickle:
+            raise CheckpointError(
+                f"refusing to load {what} {path}: it holds objects only full unpickling can "
+                f"build ({', '.join(refused)}), which can run arbitrary code; {OPT_IN_HINT}"
+            ) from None
+    try:  # the explicit opt-in: a trusted file with arbitrary pickled objects
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot read {what} {path}: {_first_line(exc)}") from exc
 
 
 def save_checkpoint(path: PathLike, model: nn.Module, *, prototypes: Tensor | None = None,
@@ -82,7 +160,8 @@ def save_checkpoint(path: PathLike, model: nn.Module, *, prototypes: Tensor | No
         META_KEY: {**dict(meta or {}),  # the architecture entries below always win
                    "n_class": net.num_classes, "backbone": net.backbone, "base_width": net.base_width,
                    "head_channels": net.head_channels, "bn_clr": net.bn_clr,
-                   "torch_version": torch.__version__, "proda_version": proda.__version__},
+                   "torch_version": str(torch.__version__),  # plain str, not TorchVersion
+                   "proda_version": str(proda.__version__)},
         **dict(extra or {}),
     }
     path = Path(path)
@@ -91,17 +170,23 @@ def save_checkpoint(path: PathLike, model: nn.Module, *, prototypes: Tensor | No
     return path
 
 
-def load_checkpoint(path: PathLike) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU; it must hold ``ckpt["ResNet101"]["model_state"]``."""
-    ckpt = _torch_load(path, "checkpoint")
+def load_checkpoint(path: PathLike, *, allow_pickle: bool = False) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU; it must hold ``ckpt["ResNet101"]["model_state"]``.
+
+    Read with ``weights_only=True``; ``allow_pickle`` is the opt-in for trusted files that hold
+    other Python objects (see :func:`_torch_load`).
+    """
+    ckpt = _torch_load(path, "checkpoint", allow_pickle=allow_pickle)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get(NET_KEY), dict) \
             or "model_state" not in ckpt[NET_KEY]:
         raise CheckpointError(f"checkpoint {path} has no '{NET_KEY}'/'model_state' entry")
     return ckpt
 
 
-def _net_state(ckpt_or_path: Mapping[str, Any] | PathLike) -> dict[str, Tensor]:
-    ckpt = ckpt_or_path if isinstance(ckpt_or_path, Mapping) else load_checkpoint(ckpt_or_path)
+def _net_state(ckpt_or_path: Mapping[str, Any] | PathLike, *,
+               allow_pickle: bool = False) -> dict[str, Tensor]:
+    ckpt = ckpt_or_path if isinstance(ckpt_or_path, Mapping) \
+        else load_checkpoint(ckpt_or_path, allow_pickle=allow_pickle)
     try:
         return strip_module_prefix(ckpt[NET_KEY]["model_state"])
     except (KeyError, TypeError) as exc:
@@ -113,10 +198,11 @@ def _listing(label: str, items: list[str]) -> str:
     return f"{label} ({len(items)}): {', '.join(items[:_MAX_LISTED])}{more}"
 
 
-def load_model_state(model: nn.Module, ckpt_or_path: Mapping[str, Any] | PathLike) -> None:
+def load_model_state(model: nn.Module, ckpt_or_path: Mapping[str, Any] | PathLike, *,
+                     allow_pickle: bool = False) -> None:
     """Strictly load ``ckpt["ResNet101"]["model_state"]``; mismatches raise one CheckpointError."""
     net = unwrap(model)
-    state = _net_state(ckpt_or_path)
+    state = _net_state(ckpt_or_path, allow_pickle=allow_pickle)
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -166,10 +252,14 @@ def model_kwargs(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     return infer_model_kwargs(_net_state(ckpt))
 
 
-def build_model(path_or_ckpt: Mapping[str, Any] | PathLike, **overrides: Any
-                ) -> tuple[DeepLabV2, Mapping[str, Any]]:
-    """Build the checkpoint's architecture (``overrides`` win) and strictly load its weights."""
-    ckpt = path_or_ckpt if isinstance(path_or_ckpt, Mapping) else load_checkpoint(path_or_ckpt)
+def build_model(path_or_ckpt: Mapping[str, Any] | PathLike, *, allow_pickle: bool = False,
+                **overrides: Any) -> tuple[DeepLabV2, Mapping[str, Any]]:
+    """Build the checkpoint's architecture (``overrides`` win) and strictly load its weights.
+
+    A path is read by :func:`load_checkpoint` (``allow_pickle`` is its opt-in).
+    """
+    ckpt = path_or_ckpt if isinstance(path_or_ckpt, Mapping) \
+        else load_checkpoint(path_or_ckpt, allow_pickle=allow_pickle)
     model = DeepLabV2(**{**model_kwargs(ckpt), **overrides})
     load_model_state(model, ckpt)
     return model, ckpt
@@ -194,14 +284,21 @@ def _load_filtered(model: nn.Module, state: Any, path: PathLike, what: str) -> l
     return list(kept)
 
 
-def load_imagenet(model: nn.Module, path: PathLike) -> list[str]:
-    """Load torchvision-format ResNet weights into the backbone; returns the loaded keys."""
-    return _load_filtered(model, _torch_load(path, "ImageNet weights"), path, "ImageNet weights")
+def load_imagenet(model: nn.Module, path: PathLike, *, allow_pickle: bool = False) -> list[str]:
+    """Load torchvision-format ResNet weights into the backbone; returns the loaded keys.
+
+    Read with ``weights_only=True`` (``allow_pickle``: the opt-in for trusted pickles).
+    """
+    obj = _torch_load(path, "ImageNet weights", allow_pickle=allow_pickle)
+    return _load_filtered(model, obj, path, "ImageNet weights")
 
 
-def load_simclr(model: nn.Module, path: PathLike) -> list[str]:
-    """Load SimCLR weights (``torch.load(path)['state_dict']`` or a bare state dict)."""
-    obj = _torch_load(path, "SimCLR weights")
+def load_simclr(model: nn.Module, path: PathLike, *, allow_pickle: bool = False) -> list[str]:
+    """Load SimCLR weights (``torch.load(path)['state_dict']`` or a bare state dict).
+
+    Read with ``weights_only=True`` (``allow_pickle``: the opt-in for trusted pickles).
+    """
+    obj = _torch_load(path, "SimCLR weights", allow_pickle=allow_pickle)
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     return _load_filtered(model, obj, path, "SimCLR weights")

@@ -6,6 +6,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from proda.runtime import shield_worker
+
 
 class BatchStream:
     """An endless iterator of batches, epoch after epoch, whose position can be saved and restored.
@@ -51,7 +53,7 @@ class BatchStream:
         # a private generator: creating the iterator must not consume the global torch RNG,
         # or a resumed run would draw different dropout masks than an uninterrupted one
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                            collate_fn=self.collate, pin_memory=self.pin_memory,
+                            collate_fn=self.collate, pin_memory=self.pin_memory, worker_init_fn=shield_worker,
                             generator=torch.Generator().manual_seed(self.seed + self.epoch))
         self._it = iter(loader)
 

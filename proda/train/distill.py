@@ -1,7 +1,8 @@
 """Stages 2 and 3: self-training on hard pseudo labels + distillation from a frozen teacher (§4.3)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -10,9 +11,9 @@ from proda.data.labels import IGNORE_INDEX
 from proda.data.transforms import label_strong_T
 from proda.losses import cross_entropy, distillation_kl, symmetric_ce
 from proda.models import build_model, is_backbone_key, load_checkpoint, load_imagenet, load_simclr
+from proda.runtime import Runtime
 from proda.train.loop import Stage
 from proda.train.optim import finetune_groups, make_sgd, single_group
-from proda.runtime import Runtime
 from proda.train.setup import new_model, to_device, up
 
 STUDENT_INITS = ("simclr", "imagenet", "scratch", "warmup_backbone", "resume")
@@ -41,13 +42,13 @@ def build_student(cfg: Mapping[str, Any], stage: str, teacher_ckpt: str, init_ck
         if not cfg["model"]["simclr"]:
             raise ValueError(f"config key 'model.simclr' must name a file for {stage}.student_init: simclr")
         model = new_model(cfg, bn_clr=bool(s["bn_clr"]))
-        load_simclr(model, cfg["model"]["simclr"])
+        load_simclr(model, cfg["model"]["simclr"], allow_pickle=cfg["unsafe_pickle"])
         return model
     if kind == "imagenet":  # the official code honours bn_clr only with SimCLR
         if not cfg["model"]["imagenet"]:
             raise ValueError(f"config key 'model.imagenet' must name a file for {stage}.student_init: imagenet")
         model = new_model(cfg, bn_clr=False)
-        load_imagenet(model, cfg["model"]["imagenet"])
+        load_imagenet(model, cfg["model"]["imagenet"], allow_pickle=cfg["unsafe_pickle"])
         return model
     if kind == "scratch":
         return new_model(cfg, bn_clr=bool(s["bn_clr"]))
@@ -85,9 +86,11 @@ class DistillStage(Stage):
                                          weight_decay=train["weight_decay"], parity=self.parity)}
 
     def _pl_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        ddp = self.runtime.distributed
         if self.s["rce"]:
-            return symmetric_ce(logits, labels, self.s["rce_alpha"], self.s["rce_beta"], ignore_index=IGNORE_INDEX)
-        return cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+            return symmetric_ce(logits, labels, self.s["rce_alpha"], self.s["rce_beta"], ignore_index=IGNORE_INDEX,
+                                ddp=ddp)
+        return cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, ddp=ddp)
 
     def step(self, source: dict, target: dict, iteration: int) -> dict[str, float]:
         src, tgt = to_device(source, self.runtime), to_device(target, self.runtime)

@@ -1,14 +1,21 @@
-"""The training loop shared by every stage: schedule, logging, checkpoints, resume, model selection."""
+"""The training loop shared by every stage: schedule, logging, checkpoints, resume, pre-emption,
+model selection."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.optim import Optimizer
 from tqdm import tqdm
@@ -16,13 +23,46 @@ from tqdm import tqdm
 from proda.files import atomic_path
 from proda.losses import cross_entropy
 from proda.models import unwrap
+from proda.runtime import Runtime, rng_state, set_rng_state
 from proda.train.batches import BatchStream
 from proda.train.optim import poly_schedule
-from proda.runtime import Runtime, rng_state, set_rng_state
 from proda.train.setup import up
 
 STATE_FILE = "last.pt"
+PREVIOUS_FILE = "previous.pt"  # the resume checkpoint before the last one, kept as a fallback
+CORRUPT_SUFFIX = ".corrupt"    # an unreadable resume checkpoint is renamed to <name>.corrupt
 LOG_FILE = "train.csv"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # SLURM's pre-emption / time limit, Ctrl-C
+
+
+class Preempted(SystemExit):
+    """Training stopped by a signal after writing its resume checkpoint: exit status 128 + signal
+    number (143 for SIGTERM, 130 for SIGINT), like a process the signal had killed."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(128 + signum)
+        self.signum, self.message = signum, message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def synchronise(losses: Mapping[str, float], runtime: Runtime,
+                stop: int = 0) -> tuple[dict[str, float], int]:
+    """The losses averaged over the ranks and the stop signal any rank received (0: none), in one
+    all-reduce (nothing to do in a single process).
+
+    Each rank's loss is its share of the global-batch loss times the world size
+    (:mod:`proda.losses`), so the average is the loss of the global batch.
+    """
+    if not runtime.distributed:
+        return dict(losses), stop
+    flags = [float(stop == s) for s in STOP_SIGNALS]
+    packed = torch.tensor([*flags, *losses.values()], dtype=torch.float64, device=runtime.device)
+    dist.all_reduce(packed)
+    values = (packed[len(flags):] / runtime.world_size).tolist()
+    stop = next((int(s) for s, n in zip(STOP_SIGNALS, packed[:len(flags)].tolist()) if n > 0), 0)
+    return dict(zip(losses, values)), stop
 
 
 class Stage:
@@ -55,13 +95,19 @@ class Stage:
         return None
 
     def source_step(self, src: dict) -> torch.Tensor:
-        """Student to train mode, zero grads, ``L_src`` at crop resolution, backward at once (§4.2 step 1)."""
+        """Student to train mode, zero grads, ``L_src`` at crop resolution, backward at once (§4.2 step 1).
+
+        Under DDP the masked means (this one included) are normalised over the global batch
+        (:mod:`proda.losses`); the returned values are the rank's shares, which :func:`synchronise`
+        averages into the global-batch losses for the log.
+        """
         self.student.train()
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         with self.runtime.autocast():
             out = self.student(src["img"])["out"]
-        loss = cross_entropy(up(out, tuple(src["img"].shape[-2:])).float(), src["label"])
+        loss = cross_entropy(up(out, tuple(src["img"].shape[-2:])).float(), src["label"],
+                             ddp=self.runtime.distributed)
         loss.backward()
         return loss
 
@@ -70,9 +116,27 @@ class Stage:
         return {}
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def _portable_rng(state: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`rng_state` with numpy's state as tensors and plain values, so that the resume
+    checkpoint loads with ``weights_only=True`` (python's state is a tuple of ints already)."""
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    numpy = {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+             "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return {**state, "numpy": numpy}
+
+
+def _restore_rng(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`_portable_rng`, then :func:`set_rng_state`."""
+    n = state["numpy"]
+    set_rng_state({**state, "numpy": (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                                      n["cached_gaussian"]),
+                   "torch": state["torch"].cpu(),
+                   **({"cuda": [t.cpu() for t in state["cuda"]]} if "cuda" in state else {})})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Trainer:
@@ -92,6 +156,8 @@ class Trainer:
         self.validate, self.val_every, self.select, self.progress = validate, val_every, select, progress
         self.schedulers = {k: poly_schedule(o, schedule_iters, poly_power) for k, o in stage.optimizers.items()}
         self.iteration, self.best_iou, self.best_state = 0, -1.0, None
+        self.pending_validation = False  # stopped by a signal before the validation due at `iteration`
+        self._signal = 0
         self.state_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ state
@@ -103,9 +169,10 @@ class Trainer:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "streams": {"source": self.source.state_dict(), "target": self.target.state_dict()},
             "extra": self.stage.extra_state(),
-            "rng": rng_state(),
+            "rng": _portable_rng(rng_state()),
             "best_iou": self.best_iou,
             "best_state": self.best_state,
+            "pending_validation": self.pending_validation,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -118,20 +185,48 @@ class Trainer:
         self.source.load_state_dict(state["streams"]["source"])
         self.target.load_state_dict(state["streams"]["target"])
         self.stage.load_extra_state(state["extra"])
-        set_rng_state(state["rng"])
+        _restore_rng(state["rng"])
         self.iteration, self.best_iou, self.best_state = state["iteration"], state["best_iou"], state["best_state"]
+        self.pending_validation = bool(state.get("pending_validation", False))
 
     def _resume(self) -> None:
-        path = self.state_dir / STATE_FILE
-        if path.is_file():
-            state = torch.load(path, map_location=self.stage.runtime.device, weights_only=False)
-            self.load_state_dict(state)
+        """Resume from ``last.pt``, else ``previous.pt``; an unreadable one (e.g. truncated) is
+        reported in one line and set aside as ``<name>.corrupt``. Without either: from zero."""
+        runtime = self.stage.runtime
+        for path in (self.state_dir / STATE_FILE, self.state_dir / PREVIOUS_FILE):
+            if not path.is_file():  # every rank sees the same files: nothing is renamed before the vote
+                continue
+            state, error = None, ""
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any failure to read it means an unusable file
+                error = _first_line(exc)
+            if not _every_rank(state is not None, runtime):
+                if runtime.is_main:
+                    aside = path.with_name(path.name + CORRUPT_SUFFIX)
+                    os.replace(path, aside)
+                    reason = error or "unreadable on another rank"
+                    print(f"[{self.stage.name}] resume checkpoint {path} is unreadable ({reason}); set aside as "
+                          f"{aside}", file=sys.stderr, flush=True)
+                continue
+            try:
+                self.load_state_dict(state)
+            except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                raise ValueError(f"resume checkpoint {path} does not fit this {self.stage.name} run "
+                                 f"({_first_line(exc)}); remove {self.state_dir} to start afresh") from exc
             self._trim_log()
-            print(f"[{self.stage.name}] resumed from {path} at iteration {self.iteration}", flush=True)
+            if runtime.is_main:
+                print(f"[{self.stage.name}] resumed from {path} at iteration {self.iteration}", flush=True)
+            return
 
     def _save_state(self) -> None:
+        """Write ``last.pt`` atomically, keeping the one it replaces as ``previous.pt``."""
         if self.stage.runtime.is_main:
-            _atomic_save(self.state_dict(), self.state_dir / STATE_FILE)
+            path = self.state_dir / STATE_FILE
+            with atomic_path(path) as tmp:
+                torch.save(self.state_dict(), tmp)
+                if path.is_file():
+                    os.replace(path, self.state_dir / PREVIOUS_FILE)
         self.stage.runtime.barrier()
 
     # ------------------------------------------------------------------ logging
@@ -163,36 +258,102 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
-        """Train until ``iterations``, resuming from the state directory when possible."""
-        self._resume()
+        """Train until ``iterations``, resuming from the state directory when possible.
+
+        SIGTERM or SIGINT ends the current iteration, writes the resume checkpoint and raises
+        :class:`Preempted` (every rank stops at the same iteration); a rerun resumes there.
+        """
+        with self._catch_stop_signals():
+            self._resume()
+            if self.pending_validation:  # due when a signal stopped the previous run
+                self.pending_validation = False
+                self._validate()
+            self._loop()
+
+    def _loop(self) -> None:
         runtime = self.stage.runtime
         interactive = sys.stderr.isatty()  # in log files: one plain line per log_every instead of a bar
         bar = tqdm(total=self.iterations, initial=self.iteration, desc=self.stage.name,
                    disable=not (self.progress and runtime.is_main and interactive), dynamic_ncols=True,
                    mininterval=1.0)
         start, done = time.perf_counter(), 0
-        while self.iteration < self.iterations:
-            src, tgt = next(self.source), next(self.target)
-            self.iteration += 1
-            losses = self.stage.step(src, tgt, self.iteration)
-            for sched in self.schedulers.values():
-                sched.step()
-            done += 1
-            ips = done * self.source.batch_size / max(time.perf_counter() - start, 1e-9)
-            bar.update(1)
-            bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()}, "img/s": f"{ips:.1f}"})
-            if self.iteration % self.log_every == 0 or self.iteration == self.iterations:
-                lr = next(iter(self.stage.optimizers.values())).param_groups[0]["lr"]
-                self._log({"iteration": self.iteration, **losses, "lr": lr, "images_per_s": ips})
-                if not interactive and runtime.is_main:
-                    scalars = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
-                    print(f"[{self.stage.name}] {self.iteration}/{self.iterations} {scalars} lr={lr:.3g} "
-                          f"img/s={ips:.1f}", flush=True)
-            if self.val_every and self.iteration % self.val_every == 0:
-                self._validate()
-            if self.iteration % self.checkpoint_every == 0 or self.iteration == self.iterations:
-                self._save_state()
-        bar.close()
+        try:
+            while self.iteration < self.iterations:
+                src, tgt = next(self.source), next(self.target)
+                self.iteration += 1
+                losses = self.stage.step(src, tgt, self.iteration)
+                for sched in self.schedulers.values():
+                    sched.step()
+                losses, stop = synchronise(losses, runtime, self._signal)
+                done += 1
+                ips = done * self.source.batch_size / max(time.perf_counter() - start, 1e-9)
+                bar.update(1)
+                bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()}, "img/s": f"{ips:.1f}"})
+                last = self.iteration == self.iterations
+                if self.iteration % self.log_every == 0 or last or stop:
+                    lr = next(iter(self.stage.optimizers.values())).param_groups[0]["lr"]
+                    self._log({"iteration": self.iteration, **losses, "lr": lr, "images_per_s": ips})
+                    if not interactive and runtime.is_main:
+                        scalars = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
+                        print(f"[{self.stage.name}] {self.iteration}/{self.iterations} {scalars} lr={lr:.3g} "
+                              f"img/s={ips:.1f}", flush=True)
+                validation_due = bool(self.val_every) and self.iteration % self.val_every == 0
+                if stop and not last:
+                    self.pending_validation = validation_due  # done first thing on resume
+                    self._save_state()
+                    self._stopped(stop)
+                if validation_due:
+                    self._validate()
+                if self.iteration % self.checkpoint_every == 0 or last:
+                    self._save_state()
+        finally:
+            bar.close()
+
+    def _stopped(self, signum: int) -> None:
+        message = (f"{self.stage.name}: stopped by {signal.Signals(signum).name} at iteration "
+                   f"{self.iteration}/{self.iterations}; resume checkpoint {self.state_dir / STATE_FILE} "
+                   f"written; rerun to resume")
+        if self.stage.runtime.is_main:
+            print(message, file=sys.stderr, flush=True)
+        raise Preempted(signum, message)
+
+    @contextlib.contextmanager
+    def _catch_stop_signals(self) -> Iterator[None]:
+        """Record SIGTERM/SIGINT instead of dying; the previous handlers are restored afterwards.
+
+        The loop stops after the iteration in progress. Repeats are ignored (torchrun forwards the
+        signal its workers already got), except that a third one restores the previous handlers
+        and acts as they would (an escape from a hung run). A forked DataLoader worker inherits the
+        handler and ignores the signal; :func:`proda.runtime.shield_worker` keeps workers alive
+        through a job-wide SIGTERM too.
+        """
+        self._signal = 0
+        if threading.current_thread() is not threading.main_thread():  # signal.signal would fail
+            yield
+            return
+        pid, count = os.getpid(), 0
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+
+        def restore() -> None:
+            for s, handler in previous.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+        def handler(signum: int, frame: Any) -> None:
+            nonlocal count
+            if os.getpid() != pid:  # a forked DataLoader worker
+                return
+            count += 1
+            self._signal = self._signal or signum
+            if count >= 3:
+                restore()
+                signal.raise_signal(signum)
+
+        for s in STOP_SIGNALS:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            restore()
 
     def _validate(self) -> None:
         miou = float(self.validate(unwrap(self.stage.student)))
@@ -202,12 +363,22 @@ class Trainer:
             self.best_state = {k: v.detach().cpu().clone() for k, v in unwrap(self.stage.student).state_dict().items()}
 
     def discard_state(self) -> None:
-        """Remove the resume checkpoint once the final model is exported (the scalar log stays)."""
+        """Remove the resume checkpoints once the final model is exported (the scalar log stays)."""
         if self.stage.runtime.is_main:
-            (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+            for name in (STATE_FILE, PREVIOUS_FILE):
+                (self.state_dir / name).unlink(missing_ok=True)
 
     def final_student_state(self) -> dict[str, torch.Tensor]:
         """The exported weights: the last ones, or the best on target val when so selected."""
         if self.select == "best_on_val" and self.best_state is not None:
             return self.best_state
         return unwrap(self.stage.student).state_dict()
+
+
+def _every_rank(flag: bool, runtime: Runtime) -> bool:
+    """Whether ``flag`` holds on every rank (one all-reduce under DDP)."""
+    if not runtime.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=runtime.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item() > 0)

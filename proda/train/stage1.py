@@ -1,7 +1,8 @@
 """Stage 1: prototypical pseudo-label denoising + target structure learning (reference §4.2)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -14,11 +15,10 @@ from proda.losses import cross_entropy, prototype_consistency, regulariser, symm
 from proda.models import build_model
 from proda.prototypes import (class_mean_vectors, moving_update, prototype_distance,
                               rectification_weights, rectify_pseudo_labels)
+from proda.runtime import Runtime
 from proda.train.loop import Stage
 from proda.train.optim import make_sgd, single_group
-from proda.runtime import Runtime
 from proda.train.setup import to_device, up
-
 
 
 def gather_vectors(vectors: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,7 +42,7 @@ class Stage1(Stage):
         self.parity = bool(cfg["parity"])
         model, _ = build_model(warmup_ckpt)
         model.to(runtime.device)
-        self.ema = make_ema(model)
+        self.ema = make_ema(model, sync_bn=runtime.device if runtime.distributed else None)
         self.ema.train(not self.s["ema_eval"])
         self.student = runtime.wrap(model)
         self.prototypes_ = prototypes.float().to(runtime.device)
@@ -63,11 +63,11 @@ class Stage1(Stage):
         return self.prototypes_
 
     def _target_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        s = self.s
+        s, ddp = self.s, self.runtime.distributed
         if s["rce"]:
-            loss = symmetric_ce(logits, labels, s["rce_alpha"], s["rce_beta"], ignore_index=IGNORE_INDEX)
+            loss = symmetric_ce(logits, labels, s["rce_alpha"], s["rce_beta"], ignore_index=IGNORE_INDEX, ddp=ddp)
         else:
-            loss = cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+            loss = cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, ddp=ddp)
         if s["regular_w"] > 0:
             loss = loss + s["regular_w"] * regulariser(logits, s["regular_type"])
         return loss
@@ -104,7 +104,8 @@ class Stage1(Stage):
             mask = dist_strong != IGNORE_INDEX
             with self.runtime.autocast():
                 g_feat = up(G(tgt["img_strong"])["feat"], (h4, w4)).float()
-            loss_con = prototype_consistency(dist_strong, prototype_distance(g_feat, eta), mask, T)
+            loss_con = prototype_consistency(dist_strong, prototype_distance(g_feat, eta), mask, T,
+                                             ddp=self.runtime.distributed)
         loss = s["proto_consistW"] * loss_con + loss_tgt
         loss.backward()
         self.optimizers["G"].step()

@@ -18,7 +18,7 @@ from torch import nn
 class GlooSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics span every process of the default group."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         c = x.shape[1]
@@ -42,13 +42,17 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
 
 
 def _convert_cpu(module: nn.Module) -> nn.Module:
+    """Replace BatchNorm2d by :class:`GlooSyncBatchNorm` holding the very same parameter and buffer
+    tensors (as ``nn.SyncBatchNorm.convert_sync_batchnorm``), so that optimisers built before the
+    conversion keep updating the model."""
     if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlooSyncBatchNorm):
         new = GlooSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                 module.track_running_stats)
-        new.load_state_dict(module.state_dict())
+        if module.affine:
+            new.weight, new.bias = module.weight, module.bias
+        new.running_mean, new.running_var = module.running_mean, module.running_var
+        new.num_batches_tracked = module.num_batches_tracked
         new.train(module.training)
-        for p_new, p_old in zip(new.parameters(), module.parameters()):
-            p_new.requires_grad_(p_old.requires_grad)
         return new
     for name, child in module.named_children():
         setattr(module, name, _convert_cpu(child))

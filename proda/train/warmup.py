@@ -1,16 +1,17 @@
 """Warm-up: source-only training plus AdaptSegNet-style output-space adversarial alignment (§4.1)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from proda.losses import cross_entropy, lsgan_loss, vanilla_gan_loss
 from proda.models import FCDiscriminator, load_imagenet, unwrap
+from proda.runtime import Runtime
 from proda.train.loop import Stage
 from proda.train.optim import finetune_groups, make_sgd
-from proda.runtime import Runtime
 from proda.train.setup import freeze_batchnorm, new_model, to_device, up
 
 SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0
@@ -26,7 +27,7 @@ class WarmupStage(Stage):
         w = cfg["warmup"]
         model = new_model(cfg)
         if cfg["model"]["imagenet"]:
-            load_imagenet(model, cfg["model"]["imagenet"])
+            load_imagenet(model, cfg["model"]["imagenet"], allow_pickle=cfg["unsafe_pickle"])
         self.freeze_bn = bool(w["freeze_bn"])
         if self.freeze_bn:
             freeze_batchnorm(model)
@@ -67,7 +68,7 @@ class WarmupStage(Stage):
         self._set_d_grad(False)
         with self.runtime.autocast():
             z_s = up(G(src["img"])["out"], crop)
-            loss_src = cross_entropy(z_s.float(), src["label"])
+            loss_src = cross_entropy(z_s.float(), src["label"], ddp=self.runtime.distributed)
             z_t = up(G(tgt["img"])["out"], crop)
             loss_adv = self.gan(D(F.softmax(z_t.float(), dim=1)), SOURCE_LABEL) * self.adv
         (loss_src + loss_adv).backward()
