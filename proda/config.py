@@ -47,6 +47,10 @@ STEP_KEYS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
 }
 
 
+# The confidence levels hard-label stores keep exactly (proda.pseudo_labels): the thresholds allowed.
+THRESHOLD_LEVELS: tuple[float, ...] = tuple(round(0.5 + 0.01 * i, 2) for i in range(50))
+
+
 class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type or value, or names a missing file."""
 
@@ -144,9 +148,18 @@ def _value_problems(cfg: Mapping[str, Any]) -> Iterator[str]:
             if data[side]["dataset"] != kind:
                 yield f"config key 'data.{side}.dataset' must be '{kind}' when data.toycity is set"
     for stage in ("stage2", "stage3"):
+        threshold = cfg[stage]["threshold"]
+        if threshold > 0 and not _on_threshold_grid(threshold):
+            yield (f"config key '{stage}.threshold' must be <= 0 (keep every pixel) or one of 0.50, 0.51, ..., "
+                   f"0.99 (the levels hard-label stores keep exactly), got {threshold}")
         init = cfg[stage]["student_init"]
         if init in ("simclr", "imagenet") and cfg["model"][init] is None:
             yield f"config key 'model.{init}' must name a file when {stage}.student_init is '{init}'"
+
+
+def _on_threshold_grid(value: float) -> bool:
+    """Whether a hard-label threshold is one of the stores' levels 0.50 ... 0.99."""
+    return any(abs(value - level) < 1e-9 for level in THRESHOLD_LEVELS)
 
 
 def _file_problems(cfg: Mapping[str, Any]) -> Iterator[str]:

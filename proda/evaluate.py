@@ -36,7 +36,7 @@ def predict(model: nn.Module, img_batch: torch.Tensor,
     with eval_mode(model):
         logits = model(img_batch)["out"]
         size = tuple(size) if size is not None else tuple(img_batch.shape[-2:])
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=True)
         return logits.argmax(dim=1)
 
 

@@ -1,4 +1,4 @@
-"""Loss functions of ProDA (reference §4.0-§4.3): CE with ignore, symmetric CE, regularisers,
+"""Loss functions of ProDA (docs/method.md §4.0-§4.3): CE with ignore, symmetric CE, regularisers,
 prototypical consistency, distillation KL and the two GAN criteria of the warm-up.
 
 All functions take logits / distances / targets and return a scalar tensor. The masked means

@@ -1,4 +1,4 @@
-"""Segmentation metrics of the reference §7: confusion matrix, per-class IoU and summary scores."""
+"""Segmentation metrics of the docs/method.md §7: confusion matrix, per-class IoU and summary scores."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -96,7 +96,7 @@ class IoUTable:
 
 
 def iou_table(confusion: ArrayLike) -> IoUTable:
-    """Per-class IoU, mIoU, pixel / mean accuracy and frequency-weighted IoU (reference §7)."""
+    """Per-class IoU, mIoU, pixel / mean accuracy and frequency-weighted IoU (docs/method.md §7)."""
     if isinstance(confusion, torch.Tensor):
         confusion = confusion.detach().cpu().numpy()
     h = np.asarray(confusion)

@@ -128,10 +128,12 @@ def build_stage1(cfg: Mapping[str, Any], warmup_ckpt: PathLike, soft_h5: PathLik
     if soft.n_class != cfg["data"]["n_class"]:
         raise ValueError(f"{soft_h5} holds {soft.n_class} classes, config key 'data.n_class' is "
                          f"{cfg['data']['n_class']}")
+    target = target_dataset(cfg, labels=False)
+    soft.check_names(_names(target))
     prototypes_, _, _ = load_prototypes(prototypes_h5)
     stage = Stage1(cfg, runtime, str(warmup_ckpt), prototypes_)
-    target_view = training_view(target_dataset(cfg, labels=False), cfg, seed=cfg["seed"] + 1, strong=True,
-                                full_image=True, soft_labels=soft)
+    target_view = training_view(target, cfg, seed=cfg["seed"] + 1, strong=True,
+                                full_image=cfg["stage1"]["teacher_input"] == "full", soft_labels=soft)
     return Job(stage, runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]), target_view,
                cfg["stage1"]["iterations"])
 
@@ -146,12 +148,19 @@ def build_distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, ha
         raise ValueError(f"distill stage must be 'stage2' or 'stage3', got {stage!r}")
     seed_everything(cfg["seed"])
     runtime = make_runtime(cfg)
+    hard, target = HardLabelStore(hard_h5), target_dataset(cfg, labels=False)
+    hard.check_names(_names(target))
+    hard.check_threshold(float(cfg[stage]["threshold"]))  # a threshold the store cannot apply fails here
     job = DistillStage(cfg, runtime, stage, str(teacher_ckpt), None if init_ckpt is None else str(init_ckpt))
-    target_view = training_view(target_dataset(cfg, labels=False), cfg, seed=cfg["seed"] + 1, strong=True,
-                                hard_labels=HardLabelStore(hard_h5),
+    target_view = training_view(target, cfg, seed=cfg["seed"] + 1, strong=True, hard_labels=hard,
                                 hard_threshold=float(cfg[stage]["threshold"]))
     return Job(job, runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]), target_view,
                cfg[stage]["iterations"])
+
+
+def _names(dataset) -> list[str]:
+    """The image names of a dataset (what its pseudo-label stores must hold)."""
+    return [sample.name for sample in dataset.samples]
 
 
 def warmup(cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike) -> None:
@@ -173,14 +182,14 @@ def warmup(cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike) -> N
 
 def stage1(cfg: Mapping[str, Any], warmup_ckpt: PathLike, soft_h5: PathLike, prototypes_h5: PathLike,
            out_ckpt: PathLike, state_dir: PathLike) -> None:
-    """Prototype-rectified self-training from the warm-up model (reference §4.2)."""
+    """Prototype-rectified self-training from the warm-up model (docs/method.md §4.2)."""
     run_job(build_stage1(cfg, warmup_ckpt, soft_h5, prototypes_h5), cfg, out_ckpt, state_dir, "stage1",
             [warmup_ckpt, soft_h5, prototypes_h5])
 
 
 def distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, hard_h5: PathLike,
             out_ckpt: PathLike, state_dir: PathLike, init_ckpt: PathLike | None = None) -> None:
-    """Stage 2 or 3: self-training on hard pseudo labels with distillation (reference §4.3)."""
+    """Stage 2 or 3: self-training on hard pseudo labels with distillation (docs/method.md §4.3)."""
     weights = cfg["model"].get(cfg[stage]["student_init"])
     run_job(build_distill(cfg, stage, teacher_ckpt, hard_h5, init_ckpt), cfg, out_ckpt, state_dir, stage,
             [teacher_ckpt, hard_h5, init_ckpt, weights])
@@ -197,18 +206,19 @@ def _inference_setup(cfg: Mapping[str, Any], checkpoint: PathLike):
 
 
 def soft_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -> None:
-    """Soft pseudo labels of the target train split (reference §6.1)."""
+    """Soft pseudo labels of the target train split (docs/method.md §6.1)."""
     from proda.pseudo_labels import generate_soft
 
     runtime, model = _inference_setup(cfg, checkpoint)
-    generate_soft(model, target_dataset(cfg, labels=False), out_h5, n_class=cfg["data"]["n_class"],
-                  batch_size=cfg["data"]["batch_size"], device=runtime.device,
-                  num_workers=cfg["data"]["num_workers"],
-                  attrs={"checkpoint_sha256": file_sha256(checkpoint)})
+    with runtime.autocast():
+        generate_soft(model, target_dataset(cfg, labels=False), out_h5, n_class=cfg["data"]["n_class"],
+                      batch_size=cfg["data"]["batch_size"], device=runtime.device,
+                      num_workers=cfg["data"]["num_workers"], soft_dtype="float32" if cfg["parity"] else "float16",
+                      attrs={"checkpoint_sha256": file_sha256(checkpoint)})
 
 
 def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -> None:
-    """Initial class prototypes from the warm-up model's features (reference §6.3)."""
+    """Initial class prototypes from the warm-up model's features (docs/method.md §6.3)."""
     from torch.utils.data import DataLoader
 
     from proda.prototypes import compute_prototypes, save_prototypes
@@ -217,14 +227,15 @@ def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -
     p = cfg["prototypes"]
     on_source = p["domain"] == "source"
     dataset = source_dataset(cfg) if on_source else target_dataset(cfg, labels=False)
-    # drop_last as the official command (reference §6.3), unless that would leave nothing
+    # drop_last as the official command (docs/method.md §6.3), unless that would leave nothing
     drop_last = len(dataset) >= cfg["data"]["batch_size"]
     loader = DataLoader(dataset, batch_size=cfg["data"]["batch_size"], shuffle=False, drop_last=drop_last,
                         num_workers=cfg["data"]["num_workers"])
     passes = prototype_passes(p["passes"], bool(cfg["parity"]))
-    protos, counts = compute_prototypes(model, loader, cfg["data"]["n_class"], passes=passes,
-                                        parity=bool(cfg["parity"]), source=on_source, device=runtime.device,
-                                        min_pixels=p["min_pixels"], cap=p["cap"])
+    with runtime.autocast():
+        protos, counts = compute_prototypes(model, loader, cfg["data"]["n_class"], passes=passes,
+                                            parity=bool(cfg["parity"]), source=on_source,
+                                            device=runtime.device, min_pixels=p["min_pixels"], cap=p["cap"])
     save_prototypes(out_h5, protos, counts, {"checkpoint_sha256": file_sha256(checkpoint),
                                              "passes": passes, "domain": p["domain"]})
 
@@ -236,16 +247,17 @@ def prototype_passes(passes: int, parity: bool) -> int:
 
 def hard_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike,
                 png_dir: PathLike | None = None) -> None:
-    """Hard pseudo labels with flip TTA over the target train split (reference §6.2)."""
+    """Hard pseudo labels with flip TTA over the target train split (docs/method.md §6.2)."""
     from proda.pseudo_labels import generate_hard
 
     runtime, model = _inference_setup(cfg, checkpoint)
     h = cfg["hard_labels"]
     if png_dir is None and h["save_png"]:
         png_dir = Path(out_h5).with_suffix("")
-    generate_hard(model, target_dataset(cfg, labels=False), out_h5, n_class=cfg["data"]["n_class"],
-                  flip=h["flip"], batch_size=cfg["data"]["batch_size"], device=runtime.device,
-                  png_dir=png_dir, attrs={"checkpoint_sha256": file_sha256(checkpoint)})
+    with runtime.autocast():
+        generate_hard(model, target_dataset(cfg, labels=False), out_h5, n_class=cfg["data"]["n_class"],
+                      flip=h["flip"], batch_size=cfg["data"]["batch_size"], device=runtime.device,
+                      png_dir=png_dir, attrs={"checkpoint_sha256": file_sha256(checkpoint)})
 
 
 def evaluate(cfg: Mapping[str, Any], checkpoint: PathLike, out_csv: PathLike, split: str | None = None,
@@ -254,9 +266,10 @@ def evaluate(cfg: Mapping[str, Any], checkpoint: PathLike, out_csv: PathLike, sp
     from proda.evaluate import evaluate_model, write_eval_csv
 
     runtime, model = _inference_setup(cfg, checkpoint)
-    table = evaluate_model(model, target_dataset(cfg, split or cfg["eval"]["split"]), cfg["data"]["n_class"],
-                           batch_size=cfg["eval"]["batch_size"], device=runtime.device,
-                           num_workers=cfg["data"]["num_workers"], save_dir=save_dir)
+    with runtime.autocast():
+        table = evaluate_model(model, target_dataset(cfg, split or cfg["eval"]["split"]), cfg["data"]["n_class"],
+                               batch_size=cfg["eval"]["batch_size"], device=runtime.device,
+                               num_workers=cfg["data"]["num_workers"], save_dir=save_dir)
     write_eval_csv(table, out_csv, cfg["data"]["n_class"])
     return table
 

@@ -16,7 +16,7 @@ from proda.evaluate import evaluate_checkpoint, predict, write_eval_csv
 from proda.metrics import iou_table
 from proda.models import DeepLabV2, save_checkpoint
 
-# 19-class Cityscapes label ids in train-id order (reference §2.2).
+# 19-class Cityscapes label ids in train-id order (docs/method.md §2.2).
 IDS19 = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
 NAMES19 = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
            "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",

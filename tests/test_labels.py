@@ -1,10 +1,10 @@
-"""Label maps, names, palette and colouring against the tables of reference §2.2 / §2.4."""
+"""Label maps, names, palette and colouring against the tables of docs/method.md §2.2 / §2.4."""
 import numpy as np
 import pytest
 
 from proda.data import labels as L
 
-# Reference §2.2, one row per 19-class train id: (name, Cityscapes id, 16-class id, 13-class id,
+# docs/method.md §2.2, one row per 19-class train id: (name, Cityscapes id, 16-class id, 13-class id,
 # SYNTHIA id); None = class absent from that setting.
 TABLE = [
     ("road", 7, 0, 0, 3), ("sidewalk", 8, 1, 1, 4), ("building", 11, 2, 2, 2),

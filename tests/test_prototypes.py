@@ -56,6 +56,67 @@ def test_distance_gradient_finite_where_feature_equals_prototype():
     assert torch.allclose(feat.grad.flatten(), torch.tensor([-0.6, -0.8], dtype=torch.float64))
 
 
+def groupnorm_like_features(n=2, d=256, h=24, w=40, n_class=19, seed=0):
+    """Features shaped like DeepLabV2's ``feat`` (GroupNorm + affine: values of size 1-10),
+    with class structure, and prototypes = the class means (as the moving update keeps them)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_class, d, generator=g) * 1.5
+    cells = n * (h // 4) * (w // 4)  # every class present
+    coarse = (torch.randperm(cells, generator=g) % n_class).view(n, 1, h // 4, w // 4).float()
+    labels = torch.nn.functional.interpolate(coarse, size=(h, w), mode="nearest")[:, 0].long()
+    x = centres[labels].permute(0, 3, 1, 2) + torch.randn(n, d, h, w, generator=g)
+    x = torch.nn.functional.group_norm(x, 32)
+    gamma, beta = torch.rand(d, generator=g) * 2.5 + 0.5, torch.randn(d, generator=g) * 2
+    x = x * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
+    flat = x.permute(0, 2, 3, 1)
+    protos = torch.stack([flat[labels == k].mean(0) for k in range(n_class)])
+    return x.contiguous(), protos
+
+
+def loop_distance(feat: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    return torch.stack([torch.norm(feat - p.view(1, -1, 1, 1), dim=1) for p in protos], dim=1)
+
+
+@pytest.mark.parametrize("scale", [0.2, 1.0, 5.0])
+def test_distance_float32_error_bound_against_float64(scale):
+    feat, protos = groupnorm_like_features()
+    feat, protos = feat * scale, protos * scale
+    ref = loop_distance(feat.double(), protos.double())
+    got = P.prototype_distance(feat, protos)
+    assert got.dtype == torch.float32
+    err = (got.double() - ref).abs()
+    assert (err / ref).max() < 4e-6  # relative bound, any scale
+    if scale == 1:  # realistic magnitudes: values of size 1-10, d from ~14 to ~50
+        assert feat.abs().max() > 5 and 10 < ref.min() and ref.max() < 60
+    if scale <= 1:
+        assert err.max() < 1e-4
+        loop32 = (loop_distance(feat, protos).double() - ref).abs().max()
+        assert err.max() < 2 * loop32 + 1e-6  # as accurate as the float32 class loop
+    assert torch.equal(got.argmin(1), ref.argmin(1))
+
+
+def test_distance_float32_gradient_matches_float64():
+    feat, protos = groupnorm_like_features(h=16, w=24)
+    g = torch.Generator().manual_seed(1)
+    upstream = torch.rand(feat.shape[0], protos.shape[0], *feat.shape[2:], generator=g)
+    grads = []
+    for dtype, fn in ((torch.float32, P.prototype_distance), (torch.float64, loop_distance)):
+        f = feat.detach().to(dtype, copy=True).requires_grad_(True)
+        p = protos.detach().to(dtype, copy=True).requires_grad_(True)
+        (fn(f, p) * upstream.to(dtype)).sum().backward()
+        grads.append((f.grad.double(), p.grad.double()))
+    (gf, gp), (rf, rp) = grads
+    assert (gf - rf).abs().max() < 1e-4 * rf.abs().max()
+    assert (gp - rp).abs().max() < 1e-4 * rp.abs().max()
+
+
+def test_distance_is_float32_under_autocast():
+    feat, protos = groupnorm_like_features(h=16, w=24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = P.prototype_distance(feat, protos)
+    assert got.dtype == torch.float32 and torch.equal(got, P.prototype_distance(feat, protos))
+
+
 def test_distance_rejects_mismatched_dims():
     with pytest.raises(ValueError, match="prototype_distance"):
         P.prototype_distance(torch.zeros(1, 3, 2, 2), torch.zeros(4, 2))
@@ -71,6 +132,12 @@ def test_rectification_weights_softmax_and_min_invariance():
     expected = e / e.sum(axis=1, keepdims=True)          # softmax without the min subtraction
     got = P.rectification_weights(torch.from_numpy(feat), torch.from_numpy(protos), temp)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+
+
+def test_weights_from_distances_equal_rectification_weights():
+    feat, protos = groupnorm_like_features(h=16, w=24)
+    dist = P.prototype_distance(feat, protos)
+    assert torch.equal(P.weights_from_distances(dist, 0.7), P.rectification_weights(feat, protos, 0.7))
 
 
 def test_rectification_weights_stable_for_large_distances():
@@ -151,6 +218,34 @@ def test_class_mean_vectors_match_loop(min_pixels):
         assert exp_ids == [0, 1, 2, 1, 2]  # sample 1 class 0 sums to 0 and is skipped
     else:
         assert exp_ids == [0, 1, 2, 2]
+
+
+def test_first_argmax_matches_torch_argmax_with_ties():
+    g = torch.Generator().manual_seed(4)
+    probs = torch.randint(0, 4, (3, 7, 5, 6), generator=g).float()  # many ties
+    assert torch.equal(P._first_argmax(probs), probs.argmax(dim=1))
+
+
+def test_class_mean_vector_summing_exactly_to_zero_is_skipped():
+    """The official update skips a mean vector whose elements sum to exactly 0 (§4.2 step 10)."""
+    n_class, h, w = 3, 4, 5
+    pred = torch.zeros(1, h, w, dtype=torch.long)
+    pred[0, :2], pred[0, 2:] = 1, 2                   # 10 pixels of class 1, 10 of class 2
+    logits = torch.nn.functional.one_hot(pred, n_class).permute(0, 3, 1, 2).float() * 5
+    feat = torch.zeros(1, 3, h, w)
+    feat[0, 0, :2], feat[0, 1, :2] = 2.0, -0.5        # class 1: mean (2, -0.5, -1.5), sums to 0
+    feat[0, 2, :2] = -1.5
+    feat[0, :, 2:] = torch.tensor([1.0, 0.0, -1.0]).view(3, 1, 1)
+    feat[0, 2, 3, 0] = 9.0                            # class 2: mean sums to 0.9, kept
+    vectors, ids = P.class_mean_vectors(feat, logits)
+    assert ids.tolist() == [2]
+    torch.testing.assert_close(vectors[0], feat[0, :, 2:].mean((1, 2)))
+    protos = torch.ones(n_class, 3)
+    moved = P.moving_update(protos, vectors, ids, 0.5)
+    assert torch.equal(moved[1], protos[1]) and not torch.equal(moved[2], protos[2])
+    # the same pixels with a vector summing to 1e-7 instead of 0 are kept
+    feat[0, 2, :2] = -1.5 + 1e-7 * 8
+    assert P.class_mean_vectors(feat, logits)[1].tolist() == [1, 2]
 
 
 def test_class_mean_vectors_with_labels():

@@ -233,3 +233,24 @@ def test_distillation_student_initialisations(toy, tmp_path):
     cfg["model"]["simclr"] = None
     with pytest.raises(ValueError, match="model.simclr"):
         student("simclr")
+
+
+@pytest.mark.parametrize("teacher_input", ["full", "weak"])
+def test_stage1_teacher_input_option(toy, tmp_path, teacher_input):
+    """stage1.teacher_input: the EMA teacher sees the whole target image (official) or only the
+    weak crop, whose features then need no full2weak; both give a finite step and a moved prototype."""
+    cfg = copy.deepcopy(toy["cfg"])
+    cfg["stage1"]["teacher_input"] = teacher_input
+    art = _warmup_artifacts(toy, tmp_path)
+    job = steps.build_stage1(cfg, art["ckpt"], art["soft"], art["protos"])
+    seen: list[tuple[int, ...]] = []
+    job.stage.ema.conv1.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    source, target = job.streams(cfg)
+    batch = next(target)
+    assert ("img_full" in batch) == (teacher_input == "full")
+    before = job.stage.prototypes().clone()
+    losses = job.stage.step(next(source), batch, 1)
+    expected = batch["img_full"].shape[-2:] if teacher_input == "full" else batch["img"].shape[-2:]
+    assert seen == [tuple(expected)]
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert not torch.equal(before, job.stage.prototypes())

@@ -1,4 +1,4 @@
-"""Weak / strong augmentation, label_strong_T and full2weak (reference §3, Appendix B)."""
+"""Weak / strong augmentation, label_strong_T and full2weak (docs/method.md §3, Appendix B)."""
 from __future__ import annotations
 
 import random

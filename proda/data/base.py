@@ -1,4 +1,4 @@
-"""Shared loading helpers and the base segmentation dataset (reference §2.3, §2.5).
+"""Shared loading helpers and the base segmentation dataset (docs/method.md §2.3, §2.5).
 
 Images are read with PIL as RGB and resized bilinearly, labels with nearest; raw ids are mapped
 to train ids through a lookup table (:func:`proda.data.labels.id_to_trainid_lut`) cut to the

@@ -1,4 +1,4 @@
-"""Cityscapes loader (reference §2.1): ``leftImg8bit/<split>/<city>/*.png`` + ``gtFine`` labelIds."""
+"""Cityscapes loader (docs/method.md §2.1): ``leftImg8bit/<split>/<city>/*.png`` + ``gtFine`` labelIds."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""GTA5 loader (reference §2.1): ``images/NNNNN.png``, ``labels/NNNNN.png``, ``split.mat``."""
+"""GTA5 loader (docs/method.md §2.1): ``images/NNNNN.png``, ``labels/NNNNN.png``, ``split.mat``."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Label conventions (reference §2.2, §2.4): id → train-id maps, class names, palette, colouring.
+"""Label conventions (docs/method.md §2.2, §2.4): id → train-id maps, class names, palette, colouring.
 
 Train id ``i`` of an ``n_class`` setting is the position of the raw id in the matching list;
 every raw id not listed maps to :data:`IGNORE_INDEX`.
@@ -42,7 +42,7 @@ TO19: dict[int, tuple[int, ...]] = {
     16: (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18),
     13: (0, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18),
 }
-# 16-class train ids left out of mIoU-13 (wall, fence, pole; reference §7).
+# 16-class train ids left out of mIoU-13 (wall, fence, pole; docs/method.md §7).
 MIOU13_EXCLUDED: tuple[int, ...] = (3, 4, 5)
 
 # Size of the raw-id domain each label kind can hold; a value outside it is a bad label file.

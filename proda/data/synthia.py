@@ -1,4 +1,4 @@
-"""SYNTHIA-RAND-CITYSCAPES loader (reference §2.1): ``RGB/<name>.png`` + ``GT/LABELS/<name>.png``."""
+"""SYNTHIA-RAND-CITYSCAPES loader (docs/method.md §2.1): ``RGB/<name>.png`` + ``GT/LABELS/<name>.png``."""
 from __future__ import annotations
 
 from pathlib import Path

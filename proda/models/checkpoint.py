@@ -1,4 +1,4 @@
-"""Checkpoints in the official ProDA layout (reference §1.8) and pretrained-weight loading (§1.5).
+"""Checkpoints in the official ProDA layout (docs/method.md §1.8) and pretrained-weight loading (§1.5).
 
 Layout: ``{"ResNet101": {"model_state", "objective_vectors"}, "iter", "best_iou"}`` plus our
 ``"proda_meta"`` (architecture, versions, caller metadata); released files load unchanged and

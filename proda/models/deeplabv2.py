@@ -1,6 +1,6 @@
 """ProDA's DeepLabv2: Caffe-style dilated ResNet (output stride 8) + ``Classifier_Module2`` head.
 
-Module names, registration order and initialisation follow the official model (reference §1)
+Module names, registration order and initialisation follow the official model (docs/method.md §1)
 so that its state dict, released checkpoints and random draws match. Smaller backbones
 (resnet50/34/18, narrower ``base_width``/``head_channels``) keep the same structure for CPU runs.
 """
@@ -117,7 +117,7 @@ class Classifier_Module2(nn.Module):  # noqa: N801 (official name, kept for reco
         self._official_head_init()
 
     def _official_head_init(self) -> None:
-        """The head's own init (reference §1.4 step 2); its ``conv2d_list`` loop is a no-op."""
+        """The head's own init (docs/method.md §1.4 step 2); its ``conv2d_list`` loop is a no-op."""
         for m in self.bottleneck:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
@@ -137,7 +137,7 @@ class DeepLabV2(nn.Module):
     """ProDA's DeepLabv2; ``forward(x) -> {"feat", "out"}`` at ≈1/8 resolution, never upsampled.
 
     The official model is ``DeepLabV2(C)`` (ResNet-101, 256 head channels); its state dict
-    equals the official ``ResNet101`` one key for key (reference §1.7).
+    equals the official ``ResNet101`` one key for key (docs/method.md §1.7).
     """
 
     def __init__(self, num_classes: int, backbone: str = "resnet101", bn_clr: bool = False,
@@ -210,7 +210,7 @@ class DeepLabV2(nn.Module):
     def backbone_parameters(self, parity: bool = False) -> list[nn.Parameter]:
         """The 1× lr group: trainable backbone params, each once.
 
-        ``parity=True`` reproduces the official generator (reference Q1): every parameter once per
+        ``parity=True`` reproduces the official generator (docs/method.md Q1): every parameter once per
         ancestor module below the top-level block (stem ×1, block conv/bn ×3, downsample ×4).
         """
         if not parity:
@@ -234,7 +234,7 @@ def is_backbone_key(key: str) -> bool:
 
 
 def output_size(n: int) -> int:
-    """Spatial size of ``feat``/``out`` for an input side of ``n`` pixels (reference §1.1)."""
+    """Spatial size of ``feat``/``out`` for an input side of ``n`` pixels (docs/method.md §1.1)."""
     n = (n - 1) // 2 + 1          # conv1, stride 2
     n = -(-(n - 1) // 2) + 1      # ceil-mode max pool
     return (n - 1) // 2 + 1       # stride-2 1×1 conv of layer2

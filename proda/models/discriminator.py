@@ -1,4 +1,4 @@
-"""Output-space discriminator of the warm-up stage (reference §1.9)."""
+"""Output-space discriminator of the warm-up stage (docs/method.md §1.9)."""
 from __future__ import annotations
 
 from torch import Tensor, nn

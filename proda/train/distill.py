@@ -32,7 +32,7 @@ def build_teacher(cfg: Mapping[str, Any], stage: str, teacher_ckpt: str) -> nn.M
 
 
 def build_student(cfg: Mapping[str, Any], stage: str, teacher_ckpt: str, init_ckpt: str | None) -> nn.Module:
-    """The student, initialised as ``<stage>.student_init`` says (reference §4.3, §1.5)."""
+    """The student, initialised as ``<stage>.student_init`` says (docs/method.md §4.3, §1.5)."""
     s = cfg[stage]
     kind = s["student_init"]
     if kind == "resume":
@@ -106,12 +106,14 @@ class DistillStage(Stage):
         else:
             x = tgt["img"]
         with self.runtime.autocast():
-            z = up(G(x)["out"], (h4, w4)).float()
+            z = G(x)["out"]
+        z = up(z.float(), (h4, w4))  # upsampled and reduced in float32
         loss = self._pl_loss(z, labels)
         loss_kd = torch.zeros((), device=z.device)
         if s["distillation"] > 0:
             with torch.no_grad(), self.runtime.autocast():
-                t = up(self.teacher(teacher_view(tgt, x, self.parity))["out"], (h4, w4)).float()
+                t = self.teacher(teacher_view(tgt, x, self.parity))["out"]
+            t = up(t.float(), (h4, w4))
             loss_kd = distillation_kl(z, t, parity=self.parity)
             loss = loss + s["distillation"] * loss_kd
         loss.backward()

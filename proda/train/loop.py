@@ -106,7 +106,8 @@ class Stage:
             opt.zero_grad(set_to_none=True)
         with self.runtime.autocast():
             out = self.student(src["img"])["out"]
-        loss = cross_entropy(up(out, tuple(src["img"].shape[-2:])).float(), src["label"],
+        # logits leave autocast and are upsampled and reduced in float32
+        loss = cross_entropy(up(out.float(), tuple(src["img"].shape[-2:])), src["label"],
                              ddp=self.runtime.distributed)
         loss.backward()
         return loss

@@ -1,4 +1,4 @@
-"""Optimisers and the poly learning-rate schedule of the official code (reference §5.1, §1.6, Q1)."""
+"""Optimisers and the poly learning-rate schedule of the official code (docs/method.md §5.1, §1.6, Q1)."""
 from __future__ import annotations
 
 import warnings
@@ -17,7 +17,7 @@ class SequentialSGD(Optimizer):
 
     A parameter listed k times in a group is updated k times per step, in list order, sharing one
     momentum buffer: the semantics of PyTorch 1.x SGD on the official duplicate-yielding parameter
-    generator (reference Q1, parity mode). Without duplicates it equals ``torch.optim.SGD``.
+    generator (docs/method.md Q1, parity mode). Without duplicates it equals ``torch.optim.SGD``.
     """
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
@@ -51,7 +51,7 @@ def make_sgd(groups: Sequence[dict], *, momentum: float, weight_decay: float, pa
 
 
 def finetune_groups(model: nn.Module, lr: float, head_lr_mult: float, parity: bool) -> list[dict]:
-    """The 1x backbone / 10x head groups of the warm-up and ``--finetune`` stages (reference §1.6)."""
+    """The 1x backbone / 10x head groups of the warm-up and ``--finetune`` stages (docs/method.md §1.6)."""
     base = unwrap(model)
     backbone = [p for p in base.backbone_parameters(parity=parity) if p.requires_grad]
     head = [p for p in base.head_parameters() if p.requires_grad]

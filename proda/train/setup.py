@@ -15,7 +15,7 @@ from proda.runtime import Runtime
 
 
 def up(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize with ``align_corners=True`` ("bilinear-AC" of the reference)."""
+    """Bilinear resize with ``align_corners=True`` ("bilinear-AC" of docs/method.md)."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 

@@ -1,4 +1,4 @@
-"""Stage 1: prototypical pseudo-label denoising + target structure learning (reference §4.2)."""
+"""Stage 1: prototypical pseudo-label denoising + target structure learning (docs/method.md §4.2)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -14,7 +14,7 @@ from proda.ema import ema_update, make_ema
 from proda.losses import cross_entropy, prototype_consistency, regulariser, symmetric_ce
 from proda.models import build_model
 from proda.prototypes import (class_mean_vectors, moving_update, prototype_distance,
-                              rectification_weights, rectify_pseudo_labels)
+                              rectify_pseudo_labels, weights_from_distances)
 from proda.runtime import Runtime
 from proda.train.loop import Stage
 from proda.train.optim import make_sgd, single_group
@@ -72,6 +72,21 @@ class Stage1(Stage):
             loss = loss + s["regular_w"] * regulariser(logits, s["regular_type"])
         return loss
 
+    def _teacher(self, tgt: dict, weak_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        """The EMA teacher's features and logits (for the prototype update) and its features in the
+        weak view (for rectification and L_con), all float32 at 1/4 of their input.
+
+        ``stage1.teacher_input: full`` (official): the whole target image, its features moved into
+        the weak view by ``full2weak`` (§3.4). ``weak``: only the weak crop, whose features already
+        are the weak view (cheaper; the context outside the crop is lost)."""
+        image = tgt["img_full"] if self.s["teacher_input"] == "full" else tgt["img"]
+        with torch.no_grad(), self.runtime.autocast():
+            e = self.ema(image)
+        size = (image.shape[-2] // 4, image.shape[-1] // 4) if self.s["teacher_input"] == "full" else weak_hw
+        e_feat, e_out = up(e["feat"].float(), size), up(e["out"].float(), size)
+        weak = full2weak(e_feat, tgt["weak_params"], scale=4) if self.s["teacher_input"] == "full" else e_feat
+        return e_feat, e_out, weak
+
     def step(self, source: dict, target: dict, iteration: int) -> dict[str, float]:
         src, tgt = to_device(source, self.runtime), to_device(target, self.runtime)
         G, s, eta = self.student, self.s, self.prototypes_
@@ -79,17 +94,15 @@ class Stage1(Stage):
         loss_src = self.source_step(src)
 
         h4, w4 = tgt["img"].shape[-2] // 4, tgt["img"].shape[-1] // 4
-        full4 = (tgt["img_full"].shape[-2] // 4, tgt["img_full"].shape[-1] // 4)
-        with torch.no_grad(), self.runtime.autocast():
-            e = self.ema(tgt["img_full"])
-        e_feat, e_out = up(e["feat"].float(), full4), up(e["out"].float(), full4)
-        weak_feat = full2weak(e_feat, tgt["weak_params"], scale=4)
+        e_feat, e_out, weak_feat = self._teacher(tgt, (h4, w4))
 
         with self.runtime.autocast():
-            z = up(G(tgt["img"])["out"], (h4, w4)).float()
+            z = G(tgt["img"])["out"]
+        z = up(z.float(), (h4, w4))  # upsampled and reduced in float32 (so are all maps below)
         q4 = up(tgt["lpsoft"].float(), (h4, w4))
+        dist_weak = prototype_distance(weak_feat, eta)  # used by the rectification and L_con
         if s["proto_rectify"]:
-            weights = rectification_weights(weak_feat, eta, T)
+            weights = weights_from_distances(dist_weak, T)
             labels, _ = rectify_pseudo_labels(q4, weights, threshold=s["train_thred"], ignore_index=IGNORE_INDEX)
         else:
             labels, _ = rectify_pseudo_labels(q4, torch.ones_like(q4), threshold=s["train_thred"],
@@ -98,12 +111,12 @@ class Stage1(Stage):
 
         loss_con = torch.zeros((), device=z.device)
         if s["proto_consistW"] > 0:
-            dist_weak = prototype_distance(weak_feat, eta)
             dist_strong = label_strong_T(dist_weak, tgt["strong_params"], padding=IGNORE_INDEX, scale=4,
                                          parity=self.parity)
             mask = dist_strong != IGNORE_INDEX
             with self.runtime.autocast():
-                g_feat = up(G(tgt["img_strong"])["feat"], (h4, w4)).float()
+                g_feat = G(tgt["img_strong"])["feat"]
+            g_feat = up(g_feat.float(), (h4, w4))
             loss_con = prototype_consistency(dist_strong, prototype_distance(g_feat, eta), mask, T,
                                              ddp=self.runtime.distributed)
         loss = s["proto_consistW"] * loss_con + loss_tgt

@@ -2,7 +2,7 @@
 
 PyTorch's ``nn.SyncBatchNorm`` only runs on GPUs, so CPU runs under ``torchrun`` use
 :class:`GlooSyncBatchNorm`, which all-reduces the batch sums with an autograd-aware collective.
-Both normalise with the statistics of the whole global batch, i.e. the reference's intended
+Both normalise with the statistics of the whole global batch, i.e. docs/method.md's intended
 behaviour (Q12): ``(x - mean) / sqrt(var_biased + eps)``, running var from the unbiased variance.
 """
 from __future__ import annotations

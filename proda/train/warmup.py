@@ -54,6 +54,12 @@ class WarmupStage(Stage):
         for p in self.discriminator.parameters():
             p.requires_grad_(flag)
 
+    def _judge(self, probs: torch.Tensor) -> torch.Tensor:
+        """The discriminator's output map (forward under autocast, returned in float32)."""
+        with self.runtime.autocast():
+            out = self.discriminator(probs)
+        return out.float()
+
     def step(self, source: dict, target: dict, iteration: int) -> dict[str, float]:
         src, tgt = to_device(source, self.runtime), to_device(target, self.runtime)
         G, D = self.student, self.discriminator
@@ -67,17 +73,17 @@ class WarmupStage(Stage):
 
         self._set_d_grad(False)
         with self.runtime.autocast():
-            z_s = up(G(src["img"])["out"], crop)
-            loss_src = cross_entropy(z_s.float(), src["label"], ddp=self.runtime.distributed)
-            z_t = up(G(tgt["img"])["out"], crop)
-            loss_adv = self.gan(D(F.softmax(z_t.float(), dim=1)), SOURCE_LABEL) * self.adv
+            out_s, out_t = G(src["img"])["out"], G(tgt["img"])["out"]
+        # logits leave autocast and are upsampled, softmaxed and reduced in float32
+        z_s, z_t = up(out_s.float(), crop), up(out_t.float(), crop)
+        loss_src = cross_entropy(z_s, src["label"], ddp=self.runtime.distributed)
+        loss_adv = self.gan(self._judge(F.softmax(z_t, dim=1)), SOURCE_LABEL) * self.adv
         (loss_src + loss_adv).backward()
         self.optimizers["G"].step()
 
         self._set_d_grad(True)
-        with self.runtime.autocast():
-            loss_d = (self.gan(D(F.softmax(z_s.float(), dim=1).detach()), SOURCE_LABEL)
-                      + self.gan(D(F.softmax(z_t.float(), dim=1).detach()), TARGET_LABEL))
+        loss_d = (self.gan(self._judge(F.softmax(z_s, dim=1).detach()), SOURCE_LABEL)
+                  + self.gan(self._judge(F.softmax(z_t, dim=1).detach()), TARGET_LABEL))
         loss_d.backward()
         self.optimizers["D"].step()
         return {"loss_src": loss_src.item(), "loss_adv": loss_adv.item(), "loss_D": loss_d.item()}
