@@ -20,7 +20,7 @@ import yaml
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 # Keys that tune execution only (never the numbers an artifact holds): not part of any step view.
-EXECUTION_KEYS = {"device", "num_workers", "log_every", "checkpoint_every"}
+EXECUTION_KEYS = {"device", "channels_last", "num_workers", "log_every", "checkpoint_every"}
 
 _TRAIN_DATA = ("n_class", "source", "target", "batch_size", "resize", "scale_range", "crop", "hflip",
                "drop_last")
@@ -281,7 +281,8 @@ def complete(view: Mapping[str, Any], extra: Mapping[str, Any] | None = None) ->
 
 def execution_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The execution-only part of a config (what a step view leaves out)."""
-    return {"device": config["device"], "unsafe_pickle": config["unsafe_pickle"],
+    return {"device": config["device"], "channels_last": config["channels_last"],
+            "unsafe_pickle": config["unsafe_pickle"],
             "data": {"num_workers": config["data"]["num_workers"]},
             "train": {"log_every": config["train"]["log_every"],
                       "checkpoint_every": config["train"]["checkpoint_every"]}}

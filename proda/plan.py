@@ -57,6 +57,12 @@ class Plan:
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)   # stage -> model folder
     evals: dict[str, str] = field(default_factory=dict)    # stage -> evaluation CSV
+    pseudo: dict[str, str] = field(default_factory=dict)   # soft, prototypes, hard_stage1, hard_stage2 files
+
+    @property
+    def train_logs(self) -> dict[str, str]:
+        """stage -> the per-iteration log of its training."""
+        return {stage: f"{folder}/train.csv" for stage, folder in self.models.items()}
 
     def add(self, step: str, node: str, inputs: Mapping[str, str], view: Mapping[str, Any]) -> Artifact:
         art = Artifact(step, node, dict(inputs), dict(view))
@@ -78,7 +84,7 @@ class Plan:
 
         return {"experiment": self.experiment,
                 "stages": {s: {"model": rel(f"{self.models[s]}/model.pt"), "eval": rel(self.evals[s])}
-                           for s in STAGES},
+                           for s in self.models},
                 "artifacts": sorted(map(rel, self.artifacts))}
 
 
@@ -111,11 +117,12 @@ def with_toy_roots(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def plan(cfg: Mapping[str, Any]) -> Plan:
-    """The artifacts of the experiment ``cfg`` describes (a complete, validated config)."""
+def plan(cfg: Mapping[str, Any], *, folder: str | None = None, last: str = "stage3") -> Plan:
+    """The artifacts of the experiment ``cfg`` describes (a complete, validated config), up to the
+    stage ``last``; its own files go to ``folder`` (default ``<results_dir>/<experiment>``)."""
     cfg = with_toy_roots(cfg)
     res = cfg["results_dir"]
-    p = Plan(cfg["experiment"], f"{res}/{cfg['experiment']}")
+    p = Plan(cfg["experiment"], folder or f"{res}/{cfg['experiment']}")
     data = {}
     toy = toycity_folder(cfg)
     if toy is not None:
@@ -129,25 +136,27 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     warm_inputs = {"checkpoint": given} if given else {**data, **_weights(cfg["model"]["imagenet"], "weights")}
     warmup = p.add("warmup", _child(f"{res}/runs", "warmup", view("warmup"), _external(given or cfg["model"]["imagenet"])),
                    warm_inputs, view("warmup")).node
-    soft = p.add("soft_labels", _child(warmup, "soft_labels", view("soft_labels")),
-                 {"checkpoint": f"{warmup}/model.pt", **data}, view("soft_labels")).node
-    protos = p.add("prototypes", _child(warmup, "prototypes", view("prototypes")),
-                   {"checkpoint": f"{warmup}/model.pt", **data}, view("prototypes")).node
-    stage1 = p.add("stage1", _child(warmup, "stage1", view("stage1"), Path(soft).name, Path(protos).name),
-                   {"warmup": f"{warmup}/model.pt", "soft": f"{soft}.h5", "prototypes": f"{protos}.h5", **data},
-                   view("stage1")).node
-    p.models.update(warmup=warmup, stage1=stage1)
-    teacher = stage1
-    for stage in ("stage2", "stage3"):
+    p.models["warmup"] = warmup
+    if last != "warmup":
+        soft = p.add("soft_labels", _child(warmup, "soft_labels", view("soft_labels")),
+                     {"checkpoint": f"{warmup}/model.pt", **data}, view("soft_labels")).node
+        protos = p.add("prototypes", _child(warmup, "prototypes", view("prototypes")),
+                       {"checkpoint": f"{warmup}/model.pt", **data}, view("prototypes")).node
+        stage1 = p.add("stage1", _child(warmup, "stage1", view("stage1"), Path(soft).name, Path(protos).name),
+                       {"warmup": f"{warmup}/model.pt", "soft": f"{soft}.h5", "prototypes": f"{protos}.h5", **data},
+                       view("stage1")).node
+        p.models["stage1"] = stage1
+        p.pseudo.update(soft=f"{soft}.h5", prototypes=f"{protos}.h5")
+    for stage in STAGES[2:STAGES.index(last) + 1]:
+        teacher = p.models[STAGES[STAGES.index(stage) - 1]]
         hard = p.add("hard_labels", _child(teacher, "hard_labels", view("hard_labels")),
                      {"checkpoint": f"{teacher}/model.pt", **data}, view("hard_labels")).node
+        p.pseudo[f"hard_{STAGES[STAGES.index(stage) - 1]}"] = f"{hard}.h5"
         init = _student_init(cfg, stage, warmup)
         node = _child(teacher, stage, view(stage), Path(hard).name, _external(init.get("weights")))
-        teacher = p.add(stage, node, {"teacher": f"{teacher}/model.pt", "labels": f"{hard}.h5", **init, **data},
-                        view(stage)).node
-        p.models[stage] = teacher
-    for stage in STAGES:
-        model = p.models[stage]
+        p.models[stage] = p.add(stage, node, {"teacher": f"{teacher}/model.pt", "labels": f"{hard}.h5", **init,
+                                              **data}, view(stage)).node
+    for stage, model in p.models.items():
         ev = p.add("evaluate", _child(model, "eval", view("evaluate")), {"checkpoint": f"{model}/model.pt", **data},
                    view("evaluate"))
         p.evals[stage] = f"{ev.node}.csv"

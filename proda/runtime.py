@@ -58,6 +58,7 @@ class Runtime:
 
     device: torch.device
     precision: str = "fp32"
+    channels_last: bool = False
     rank: int = 0
     world_size: int = 1
 
@@ -76,6 +77,14 @@ class Runtime:
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """``model`` on this device, in channels-last memory format when so configured (faster
+        convolutions under bf16 on CPUs with AMX/AVX-512 and on tensor-core GPUs)."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """DistributedDataParallel (with SyncBatchNorm) under torchrun, the model itself otherwise."""
@@ -104,7 +113,8 @@ def make_runtime(cfg: Mapping[str, Any]) -> Runtime:
         if device.type == "cuda":
             torch.cuda.set_device(device)
     precision = "fp32" if cfg.get("parity") else str(cfg.get("precision", "fp32"))
-    return Runtime(device=device, precision=precision, rank=rank, world_size=world)
+    return Runtime(device=device, precision=precision, channels_last=bool(cfg.get("channels_last", False)),
+                   rank=rank, world_size=world)
 
 
 @contextlib.contextmanager

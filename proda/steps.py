@@ -202,7 +202,7 @@ def _inference_setup(cfg: Mapping[str, Any], checkpoint: PathLike):
     if model.num_classes != cfg["data"]["n_class"]:
         raise ValueError(f"{checkpoint} has {model.num_classes} classes, config key 'data.n_class' is "
                          f"{cfg['data']['n_class']}")
-    return runtime, model.to(runtime.device).eval()
+    return runtime, runtime.place(model).eval()
 
 
 def soft_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -> None:

@@ -113,3 +113,12 @@ def test_precision_is_part_of_every_model_steps_identity_and_parity_runs_fp32(tm
     parity = resolve(copy.deepcopy(base) | {"precision": "bf16", "parity": True})
     assert parity["precision"] == "fp32"
     assert plan(parity).models["warmup"] == plan(resolve(copy.deepcopy(base) | {"parity": True})).models["warmup"]
+
+
+def test_channels_last_is_an_execution_setting_that_runs(toy, tmp_path):
+    cfg = copy.deepcopy(toy["cfg"]) | {"channels_last": True}
+    job = steps.build_warmup(cfg)
+    weight = job.stage.student.conv1.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert all(np.isfinite(v) for v in _one_step(job).values())
+    assert plan(resolve(cfg)).models == plan(resolve(toy["cfg"])).models  # same artifacts: not tracked

@@ -76,8 +76,8 @@ class DistillStage(Stage):
                  init_ckpt: str | None = None):
         super().__init__(cfg, runtime)
         self.name, self.s, self.parity = stage, cfg[stage], bool(cfg["parity"])
-        self.teacher = build_teacher(cfg, stage, teacher_ckpt).to(runtime.device)
-        model = build_student(cfg, stage, teacher_ckpt, init_ckpt).to(runtime.device)
+        self.teacher = runtime.place(build_teacher(cfg, stage, teacher_ckpt))
+        model = runtime.place(build_student(cfg, stage, teacher_ckpt, init_ckpt))
         train = cfg["train"]
         groups = (finetune_groups(model, self.s["lr"], self.s["head_lr_mult"], self.parity)
                   if self.s["finetune"] else single_group(model, self.s["lr"]))

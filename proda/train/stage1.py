@@ -41,7 +41,7 @@ class Stage1(Stage):
         self.s = cfg["stage1"]
         self.parity = bool(cfg["parity"])
         model, _ = build_model(warmup_ckpt)
-        model.to(runtime.device)
+        runtime.place(model)
         self.ema = make_ema(model, sync_bn=runtime.device if runtime.distributed else None)
         self.ema.train(not self.s["ema_eval"])
         self.student = runtime.wrap(model)

@@ -31,10 +31,10 @@ class WarmupStage(Stage):
         self.freeze_bn = bool(w["freeze_bn"])
         if self.freeze_bn:
             freeze_batchnorm(model)
-        model.to(runtime.device)
+        runtime.place(model)
         groups = finetune_groups(model, w["lr"], w["head_lr_mult"], bool(cfg["parity"]))
         self.student = runtime.wrap(model)
-        self.discriminator = runtime.wrap(FCDiscriminator(cfg["data"]["n_class"]).to(runtime.device))
+        self.discriminator = runtime.wrap(runtime.place(FCDiscriminator(cfg["data"]["n_class"])))
         train = cfg["train"]
         self.optimizers = {
             "G": make_sgd(groups, momentum=train["momentum"], weight_decay=train["weight_decay"],
