@@ -42,8 +42,7 @@ localrules:
 rule all:
     default_target: True
     input:
-        [f"{plan.folder}/report/summary.csv" for plan in PLANS.values()],
-        [plan.targets() for plan in PLANS.values()],
+        final_targets(),
 
 
 onsuccess:

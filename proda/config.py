@@ -144,9 +144,10 @@ def _value_problems(cfg: Mapping[str, Any]) -> Iterator[str]:
     if data["source"]["dataset"] == "gta5" and data["n_class"] != 19:
         yield f"config key 'data.n_class' is {data['n_class']}, but GTA5 labels always have 19 classes"
     if data["toycity"] is not None:
-        for side, kind in (("source", "gta5"), ("target", "cityscapes")):
+        layout = data["toycity"].get("source_layout", "gta5")
+        for side, kind in (("source", layout), ("target", "cityscapes")):
             if data[side]["dataset"] != kind:
-                yield f"config key 'data.{side}.dataset' must be '{kind}' when data.toycity is set"
+                yield f"config key 'data.{side}.dataset' must be '{kind}' for this data.toycity benchmark"
     for stage in ("stage2", "stage3"):
         threshold = cfg[stage]["threshold"]
         if threshold > 0 and not _on_threshold_grid(threshold):
@@ -178,7 +179,8 @@ def _dataset_problems(cfg: Mapping[str, Any]) -> Iterator[str]:
     data = cfg["data"]
     if data["toycity"] is not None:
         return
-    reads = [("source", "train", True), ("target", "train", False), ("target", cfg["eval"]["split"], True)]
+    reads = [("source", "train", True), ("target", "train", bool(cfg["report"]["label_quality"])),
+             ("target", cfg["eval"]["split"], True)]
     for side, split, labels in reads:
         spec = data[side]
         if not os.path.isdir(spec["root"]):
@@ -277,6 +279,14 @@ def step_view(config: Mapping[str, Any], step: str) -> dict[str, Any]:
 def complete(view: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A full config from a step view (missing keys from the defaults) plus execution settings."""
     return deep_merge(deep_merge(load_defaults(), view), extra or {})
+
+
+def without_execution(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` without its execution-only keys (what a job that reads the whole config tracks)."""
+    out = {k: v for k, v in config.items() if k not in EXECUTION_KEYS | {"unsafe_pickle"}}
+    for section in ("data", "train"):
+        out[section] = {k: v for k, v in config[section].items() if k not in EXECUTION_KEYS}
+    return _sorted(out)
 
 
 def execution_settings(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,13 +12,16 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
 import proda
 from proda.cli import TRAINING, command_line, main
-from proda.config import complete, execution_settings
+from proda.config import ConfigError, complete, execution_settings
 from proda.logs import redirect_output
+from proda.steps import figures, label_quality, study_report
 
 REPO = Path(proda.__file__).resolve().parents[1]
 
@@ -55,3 +58,52 @@ def run_step(command: str, view: Mapping[str, Any], *, run_config: Mapping[str, 
             status = main(argv)
     if status:
         raise SystemExit(status)
+
+
+@contextmanager
+def job(log: str | None) -> Iterator[None]:
+    """A workflow job calling the library directly: output to ``log``, and a known error as one
+    line (``proda: error: ...``) with exit status 2, as the CLI reports it."""
+    if log is not None:
+        redirect_output(log)
+    try:
+        yield
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"proda: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _by_prefix(files: Mapping[str, str], prefix: str) -> dict[str, str]:
+    return {name[len(prefix):]: path for name, path in files.items() if name.startswith(prefix)}
+
+
+def run_figures(inputs: Mapping[str, str], view: Mapping[str, Any], *, run_config: Mapping[str, Any],
+                grid: str, curves: str, log: str | None = None) -> None:
+    """Rule figures: the run's models (``model_<stage>``) and logs (``log_<stage>``) to its pictures."""
+    with job(log):
+        figures(complete(view, execution_settings(run_config)), _by_prefix(inputs, "model_"),
+                _by_prefix(inputs, "log_"), grid=grid, curves=curves)
+
+
+def run_label_quality(inputs: Mapping[str, str], view: Mapping[str, Any], *, run_config: Mapping[str, Any],
+                      out_csv: str, plot: str, log: str | None = None) -> None:
+    """Rule label_quality: the run's pseudo-label artifacts against the target train labels."""
+    with job(log):
+        label_quality(complete(view, execution_settings(run_config)), warmup=inputs["warmup"],
+                      stage1=inputs["stage1"], soft=inputs["soft"], prototypes=inputs["prototypes"],
+                      hard_stage1=inputs["hard_stage1"], hard_stage2=inputs["hard_stage2"], out_csv=out_csv,
+                      plot=plot)
+
+
+def run_study_report(inputs: Mapping[str, str], outputs: Mapping[str, str], layout: Mapping[str, Any],
+                     log: str | None = None) -> None:
+    """Rule study_report: inputs named ``summary_<seed>``, ``quality_<seed>``, ``<bound>_<seed>`` and
+    ``<ablation>_<seed>``; ``layout`` names the seeds, bounds and ablations (label, stage)."""
+    def per_seed(prefix: str) -> dict[int, str]:
+        return {int(seed): path for seed, path in _by_prefix(inputs, f"{prefix}_").items()}
+
+    with job(log):
+        study_report(per_seed("summary"), out_dir=str(Path(outputs["summary"]).parent),
+                     bounds={b: per_seed(b) for b in layout["bounds"]},
+                     ablations={label: (stage, per_seed(name)) for name, (stage, label) in layout["ablations"].items()},
+                     quality=per_seed("quality") if layout["quality"] else None)

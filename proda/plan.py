@@ -54,6 +54,7 @@ class Plan:
 
     experiment: str
     folder: str                                   # <results>/<experiment>
+    config: dict[str, Any] = field(default_factory=dict)   # the run's config (dataset roots resolved)
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)   # stage -> model folder
     evals: dict[str, str] = field(default_factory=dict)    # stage -> evaluation CSV
@@ -112,17 +113,20 @@ def with_toy_roots(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(dict(cfg))
     folder = toycity_folder(cfg)
     if folder is not None:
-        out["data"]["source"]["root"] = f"{folder}/gta5"
+        out["data"]["source"]["root"] = f"{folder}/{cfg['data']['toycity'].get('source_layout', 'gta5')}"
         out["data"]["target"]["root"] = f"{folder}/cityscapes"
     return out
 
 
-def plan(cfg: Mapping[str, Any], *, folder: str | None = None, last: str = "stage3") -> Plan:
+def plan(cfg: Mapping[str, Any], *, folder: str | None = None, last: str = "stage3", oracle: bool = False) -> Plan:
     """The artifacts of the experiment ``cfg`` describes (a complete, validated config), up to the
-    stage ``last``; its own files go to ``folder`` (default ``<results_dir>/<experiment>``)."""
+    stage ``last``; its own files go to ``folder`` (default ``<results_dir>/<experiment>``).
+    ``oracle``: the warm-up is trained on the target train split with its labels instead."""
     cfg = with_toy_roots(cfg)
+    if oracle:
+        cfg["data"]["source"] = dict(cfg["data"]["target"])
     res = cfg["results_dir"]
-    p = Plan(cfg["experiment"], folder or f"{res}/{cfg['experiment']}")
+    p = Plan(cfg["experiment"], folder or f"{res}/{cfg['experiment']}", config=cfg)
     data = {}
     toy = toycity_folder(cfg)
     if toy is not None:
@@ -175,3 +179,63 @@ def _student_init(cfg: Mapping[str, Any], stage: str, warmup: str) -> dict[str, 
     if init in ("simclr", "imagenet"):
         return _weights(cfg["model"][init], "weights")
     return {}
+
+
+# name -> (the stage it ablates, the config change, the row label of the ablation table)
+ABLATIONS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "no_rectify": ("stage1", {"stage1": {"proto_rectify": False}}, "stage 1 without rectification"),
+    "no_consistency": ("stage1", {"stage1": {"proto_consistW": 0.0}}, "stage 1 without the consistency loss"),
+    "no_distillation": ("stage2", {"stage2": {"distillation": 0.0}}, "stage 2 without distillation"),
+}
+
+
+@dataclass
+class Study:
+    """Every run of one experiment: the full chain per seed and, as configured, the bounds and the
+    ablations of each seed (their plans share every upstream folder with the full run's)."""
+
+    folder: str                                                   # <results>/<experiment>
+    plans: dict[str, Plan] = field(default_factory=dict)          # run name -> plan
+    seeds: list[int] = field(default_factory=list)
+    main: dict[int, str] = field(default_factory=dict)            # seed -> its full run
+    bounds: dict[str, dict[int, str]] = field(default_factory=dict)     # source_only|oracle -> seed -> run
+    ablations: dict[str, dict[int, str]] = field(default_factory=dict)  # ablation -> seed -> run
+
+    @property
+    def aggregated(self) -> bool:
+        """Whether the experiment has a study report (several seeds, bounds or ablations)."""
+        return len(self.main) > 1 or bool(self.bounds) or bool(self.ablations)
+
+    def reports(self) -> dict[str, Plan]:
+        """The runs with a report of their own (the full chain of each seed)."""
+        return {self.plans[name].folder: self.plans[name] for name in self.main.values()}
+
+
+def study(cfg: Mapping[str, Any]) -> Study:
+    """The runs of the experiment ``cfg`` (its ``study`` section): one full chain per seed, in
+    ``<experiment>/seed-<s>/`` when there are several runs, else in ``<experiment>/`` itself."""
+    from proda.config import deep_merge
+
+    options = cfg["study"]
+    folder = f"{cfg['results_dir']}/{cfg['experiment']}"
+    out = Study(folder, seeds=list(options["seeds"] or [cfg["seed"]]))
+    single = options["seeds"] is None and not options["bounds"] and not options["ablations"]
+
+    def add(name: str, run_cfg: Mapping[str, Any], **kwargs: Any) -> str:
+        out.plans[name] = plan(run_cfg, folder=folder if single else f"{folder}/{name}", **kwargs)
+        return name
+
+    for seed in out.seeds:
+        seeded = deep_merge(cfg, {"seed": seed})
+        out.main[seed] = add(f"seed-{seed}", seeded)
+        if options["bounds"]:
+            source_only = deep_merge(seeded, {"warmup": {"adv": 0.0}})
+            out.bounds.setdefault("source_only", {})[seed] = add(f"source_only-seed-{seed}", source_only,
+                                                                 last="warmup")
+            out.bounds.setdefault("oracle", {})[seed] = add(f"oracle-seed-{seed}", source_only, last="warmup",
+                                                            oracle=True)
+        for name in options["ablations"]:
+            stage, change, _ = ABLATIONS[name]
+            out.ablations.setdefault(name, {})[seed] = add(f"{name}-seed-{seed}", deep_merge(seeded, change),
+                                                           last=stage)
+    return out

@@ -337,3 +337,86 @@ def prune(results: PathLike, delete: bool = False) -> list[Path]:
 def set_threads(n: int) -> None:
     """Use ``n`` CPU threads for torch (Snakemake's ``threads``)."""
     torch.set_num_threads(max(1, int(n)))
+
+
+# ---------------------------------------------------------------------------- evidence
+def label_quality(cfg: Mapping[str, Any], *, warmup: PathLike, stage1: PathLike, soft: PathLike,
+                  prototypes: PathLike, hard_stage1: PathLike, hard_stage2: PathLike, out_csv: PathLike,
+                  plot: PathLike) -> None:
+    """Every pseudo-label artifact against the target train labels (mIoU and pixel accuracy over the
+    kept pixels, kept fraction): the warm-up's soft labels; the rectified labels stage 1 trains on,
+    at its start (warm-up teacher, initial prototypes) and at its end (stage-1 model, final
+    prototypes); the stage-1 and stage-2 hard labels at the stage-2 / stage-3 thresholds."""
+    from proda.prototypes import load_prototypes
+    from proda.pseudo_labels import HardLabelStore, SoftLabelStore
+    from proda.quality import (checkpoint_prototypes, hard_label_quality, plot_quality, rectified_label_quality,
+                               soft_label_quality, write_quality_csv)
+
+    runtime = make_runtime(cfg)
+    dataset, s1 = target_dataset(cfg, "train", labels=True), cfg["stage1"]
+    store = SoftLabelStore(soft)
+    rows = [{"artifact": "soft labels (warm-up)", **soft_label_quality(store, dataset)}]
+    for name, ckpt, protos in (("rectified, stage-1 start", warmup, load_prototypes(prototypes)[0]),
+                               ("rectified, stage-1 end", stage1, checkpoint_prototypes(stage1))):
+        model = runtime.place(build_model(ckpt, allow_pickle=cfg["unsafe_pickle"])[0])
+        with runtime.autocast():
+            scores = rectified_label_quality(model, protos.to(runtime.device), store, dataset, s1["proto_temperature"],
+                                             s1["train_thred"], device=runtime.device, train_mode=not s1["ema_eval"],
+                                             batch_size=cfg["data"]["batch_size"])
+        rows.append({"artifact": name, **scores})
+    for name, path, stage in (("hard labels, stage 1", hard_stage1, "stage2"),
+                              ("hard labels, stage 2", hard_stage2, "stage3")):
+        threshold = cfg[stage]["threshold"]
+        rows.append({"artifact": f"{name} (> {threshold})",
+                     **hard_label_quality(HardLabelStore(path), dataset, threshold)})
+    write_quality_csv(rows, out_csv)
+    plot_quality(out_csv, plot)
+
+
+def figures(cfg: Mapping[str, Any], models: Mapping[str, PathLike], train_logs: Mapping[str, PathLike], *,
+            grid: PathLike, curves: PathLike) -> None:
+    """The report's pictures: target-val images with their labels and every stage's prediction,
+    and every stage's training curves (losses and learning rate)."""
+    from proda.report import plot_prediction_grid, plot_training_curves
+
+    runtime = make_runtime(cfg)
+    nets = {stage: build_model(path, allow_pickle=cfg["unsafe_pickle"])[0] for stage, path in models.items()}
+    plot_prediction_grid(target_dataset(cfg, cfg["eval"]["split"]), nets, cfg["report"]["grid_images"], grid,
+                         cfg["data"]["n_class"], device=runtime.device)
+    plot_training_curves(train_logs, curves)
+
+
+def study_report(summaries: Mapping[int, PathLike], *, out_dir: PathLike,
+                 bounds: Mapping[str, Mapping[int, PathLike]] | None = None,
+                 ablations: Mapping[str, tuple[str, Mapping[int, PathLike]]] | None = None,
+                 quality: Mapping[int, PathLike] | None = None) -> None:
+    """An experiment's evidence over seeds: ``seed_summary.csv`` (+ plot), ``bounds.csv``,
+    ``ablations.csv`` and ``label_quality.csv`` (mean ± std over seeds), as configured.
+
+    ``summaries``: seed -> that seed's summary.csv; ``bounds``: source_only/oracle -> seed -> eval CSV;
+    ``ablations``: row label -> (stage it ablates, seed -> eval CSV); ``quality``: seed -> CSV."""
+    import pandas as pd
+
+    from proda.report import plot_seed_summary, read_eval_csv, write_ablations, write_bounds, write_seed_summary
+
+    out = Path(out_dir)
+    tables = {seed: pd.read_csv(path, index_col=0) for seed, path in summaries.items()}
+    summary = write_seed_summary(tables, out / "seed_summary.csv")
+    plot_seed_summary(summary, out / "seed_summary.png")
+
+    def mious(csvs: Mapping[int, PathLike]) -> dict[int, float]:
+        return {seed: read_eval_csv(path)["mIoU"] for seed, path in csvs.items()}
+
+    if bounds:
+        oracle = mious(bounds["oracle"]) if "oracle" in bounds else None
+        write_bounds(summary, mious(bounds["source_only"]), oracle, out / "bounds.csv")
+    if ablations:
+        full = {stage: [t.loc[stage, "mIoU"] for t in tables.values()] for stage in next(iter(tables.values())).index}
+        rows = {label: (stage, list(mious(csvs).values())) for label, (stage, csvs) in ablations.items()}
+        write_ablations(full, rows, out / "ablations.csv")
+    if quality:
+        per_seed = pd.concat([pd.read_csv(path).assign(seed=seed) for seed, path in quality.items()])
+        stats = per_seed.drop(columns="seed").groupby("artifact", sort=False).agg(["mean", "std"])
+        stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+        with atomic_path(out / "label_quality.csv") as tmp:
+            stats.to_csv(tmp)

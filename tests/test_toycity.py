@@ -1,16 +1,19 @@
 """Toy-city benchmark: determinism, real layouts read by the real loaders, classes, voids, atomicity."""
 import hashlib
+import json
 import re
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
 
-from proda.data import CityscapesDataset, GTA5Dataset
+from proda.data import CityscapesDataset, GTA5Dataset, SynthiaDataset
 from proda.data import toycity
+from proda.data.labels import IGNORE_INDEX, TO19
 
 SMALL = dict(n_source=3, n_target_train=3, n_target_val=2, source_size=(64, 36), target_size=(64, 32))
 COUNTS = dict(n_source=24, n_target_train=16, n_target_val=6)
@@ -150,7 +153,104 @@ def test_idempotent_replaces_and_refuses(tmp_path, monkeypatch):
     assert (foreign / "notes.txt").read_text() == "keep"
 
 
+@pytest.fixture(scope="module")
+def both_layouts(tmp_path_factory) -> tuple[dict[str, Path], dict[str, Path]]:
+    root = tmp_path_factory.mktemp("layouts")
+    options = dict(seed=4, n_source=8, n_target_train=2, n_target_val=1, source_size=(96, 48), target_size=(64, 32))
+    return (toycity.generate(root / "gta5", **options),
+            toycity.generate(root / "synthia", source_layout="synthia", **options))
+
+
+def test_synthia_layout_read_by_real_loader(both_layouts):
+    _, syn = both_layouts
+    root = syn["source"]
+    assert root == root.parent / "synthia" and syn["target"] == root.parent / "cityscapes"
+    assert sorted(p.name for p in root.parent.iterdir()) == ["cityscapes", "synthia", toycity.MANIFEST]
+    assert sorted(p.name for p in root.iterdir()) == ["GT", "RGB"]
+    assert json.loads((root.parent / toycity.MANIFEST).read_text())["source_layout"] == "synthia"
+    names = [f"{i:07d}.png" for i in range(1, 9)]
+    assert sorted(p.name for p in (root / "RGB").iterdir()) == names
+    assert sorted(p.name for p in (root / "GT" / "LABELS").iterdir()) == names
+    for n_class in (16, 19):
+        ds = SynthiaDataset(root, n_class=n_class, size=None)
+        assert len(ds) == 8 and [s.name for s in ds.samples][:2] == names[:2]
+        item = ds[7]
+        assert item["img"].shape == (3, 48, 96) and item["label"].shape == (48, 96)
+        assert ((item["label"] < n_class) | (item["label"] == IGNORE_INDEX)).all()
+    seen_instances = 0
+    for name in names:
+        raw = cv2.imread(str(root / "GT" / "LABELS" / name), cv2.IMREAD_UNCHANGED)
+        assert raw.dtype == np.uint16 and raw.shape == (48, 96, 3)
+        cls, inst = raw[..., 2], raw[..., 1]  # BGR: RGB channel 0 = class, channel 1 = instance
+        assert (raw[..., 0] == 0).all() and cls.max() <= 22
+        things = np.isin(cls, [8, 10, 11, 12, 17, 18, 19])  # car, pedestrian, bicycle, motorcycle, rider, truck, bus
+        assert (inst[~things] == 0).all() and (inst[things] > 0).all()
+        seen_instances = max(seen_instances, len(np.unique(inst[things])))
+        assert Image.open(root / "RGB" / name).mode == "RGB"
+    assert seen_instances >= 2  # objects of one image are told apart
+
+
+def test_synthia_labels_agree_with_gta5_labels(both_layouts):
+    gta, syn = both_layouts
+    g = GTA5Dataset(gta["source"], size=None)
+    s19, s16 = (SynthiaDataset(syn["source"], n_class=n, size=None) for n in (19, 16))
+    to19 = np.array(list(TO19[16]) + [IGNORE_INDEX] * (256 - 16), np.uint8)  # 16-class train id → 19-class
+    not_in_16 = np.isin(np.arange(256), [9, 14, 16])  # terrain, truck, train
+    seen = np.zeros(256, bool)
+    for i in range(len(g)):
+        img_g, lbl_g = g.load_pil(i)
+        img_s, lbl_19 = s19.load_pil(i)
+        assert np.array_equal(np.asarray(img_g), np.asarray(img_s))  # the same scene
+        assert np.array_equal(lbl_g, lbl_19)
+        lbl_16 = s16.load_pil(i)[1]
+        assert np.array_equal(to19[lbl_16], np.where(not_in_16[lbl_g], IGNORE_INDEX, lbl_g))
+        seen[np.unique(lbl_g)] = True
+    assert seen[[0, 1, 2, 8, 9, 10, 13, IGNORE_INDEX]].all()  # incl. terrain and void (parking, static, …)
+    # the void ids land on SYNTHIA void 0 or parking slot 13, never on a class
+    raw = np.stack([cv2.imread(str(p.label), cv2.IMREAD_UNCHANGED)[..., 2] for p in s19.samples])
+    gta_raw = np.stack([np.asarray(Image.open(p.label)) for p in g.samples])
+    assert set(np.unique(raw[np.isin(gta_raw, sorted(GTA5_VOID))]).tolist()) <= {0, 13}
+    assert (raw[gta_raw == 9] == 13).all()
+
+
+def test_synthia_layout_is_deterministic_and_replaces_gta5(tmp_path):
+    a = toycity.generate(tmp_path / "a", seed=5, source_layout="synthia", **SMALL)
+    b = toycity.generate(tmp_path / "b", seed=5, source_layout="synthia", **SMALL)
+    c = toycity.generate(tmp_path / "c", seed=6, source_layout="synthia", **SMALL)
+    ha, hb, hc = (tree_hashes(p["source"].parent) for p in (a, b, c))
+    assert len(ha) == 2 * 3 + 1 + 2 * (3 + 2)  # SYNTHIA pairs, manifest, Cityscapes pairs
+    assert ha == hb
+    assert all(ha[k] != hc[k] for k in ha if k.startswith("synthia/"))
+    # the Cityscapes target does not depend on the source layout
+    g = toycity.generate(tmp_path / "g", seed=5, **SMALL)
+    hg = tree_hashes(g["source"].parent)
+    assert {k: v for k, v in hg.items() if k.startswith("cityscapes/")} == \
+        {k: v for k, v in ha.items() if k.startswith("cityscapes/")}
+    # the layout is one of the options deciding reuse: a GTA5-layout folder is replaced, and back
+    out = tmp_path / "g"
+    stamp = (out / "gta5/images/00001.png").stat().st_mtime_ns
+    assert toycity.generate(out, seed=5, **SMALL)["source"] == out / "gta5"
+    assert (out / "gta5/images/00001.png").stat().st_mtime_ns == stamp  # same options: kept
+    assert toycity.generate(out, seed=5, source_layout="synthia", **SMALL)["source"] == out / "synthia"
+    assert tree_hashes(out) == ha and not (out / "gta5").exists()
+    toycity.generate(out, seed=5, **SMALL)
+    assert tree_hashes(out) == hg and not (out / "synthia").exists()
+
+
+def test_manifest_without_layout_is_a_gta5_benchmark(tmp_path):
+    out = tmp_path / "old"
+    toycity.generate(out, seed=1, **SMALL)
+    manifest = json.loads((out / toycity.MANIFEST).read_text())
+    assert manifest.pop("source_layout") == "gta5"
+    (out / toycity.MANIFEST).write_text(json.dumps(manifest))  # as written before the option existed
+    stamp = (out / "gta5/images/00001.png").stat().st_mtime_ns
+    toycity.generate(out, seed=1, **SMALL)
+    assert (out / "gta5/images/00001.png").stat().st_mtime_ns == stamp
+
+
 def test_bad_options():
+    with pytest.raises(ValueError, match="source_layout"):
+        toycity.generate("/nonexistent/never", source_layout="cityscapes")
     with pytest.raises(ValueError, match="n_target_val"):
         toycity.generate("/nonexistent/never", n_target_val=0)
     with pytest.raises(ValueError, match="source_size"):

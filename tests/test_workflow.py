@@ -97,7 +97,8 @@ def test_no_reference_points_outside_the_repository():
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
     for rel in tracked:
         path = REPO / rel
-        if path.suffix in (".py", ".md", ".yaml", ".yml", ".smk", ".rst", ".sh", ".toml", "") and path.is_file():
+        if path.suffix in (".py", ".md", ".yaml", ".yml", ".smk", ".rst", ".sh", ".toml", "") and path.is_file() \
+                and path != Path(__file__).resolve():
             text = path.read_text(errors="replace")
             assert "../shared" not in text and "proda-reference" not in text, rel
 
@@ -427,3 +428,74 @@ def test_deleting_an_artifact_folder_recomputes_it(tiny_run, tmp_path):
     r = smk(run.dir, "--cores", "2", repo=run.repo)
     assert r.returncode == 0, r.stderr[-4000:]
     assert (folder / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_synthia_layout_runs_the_16_class_chain_and_reports_miou_13(tmp_path):
+    r = smk(tmp_path, "--cores", "2", "--show-failed-logs",
+            configfiles=[*TINY, REPO / "config" / "tiny_synthia.yaml"])
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-8000:]
+    assert (tmp_path / "results" / "data").glob("toycity-*/synthia/GT/LABELS/0000001.png")
+    with open(tmp_path / "results" / "tiny_synthia" / "report" / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["stage"] for r in rows] == STAGES
+    assert list(rows[0])[-3:] == ["mIoU", "mIoU-16", "mIoU-13"] and len(rows[0]) == 1 + 16 + 3
+    assert all(0 <= float(r["mIoU-13"]) <= 100 for r in rows)
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory) -> Path:
+    """A miniature study of the tiny config: 2 seeds, the bounds and the three ablations."""
+    work = tmp_path_factory.mktemp("study")
+    over = write_yaml(work / "study.yaml", {"experiment": "study", "study": {
+        "seeds": [1, 2], "bounds": True, "ablations": ["no_rectify", "no_consistency", "no_distillation"]}})
+    r = smk(work, "--cores", "2", "--show-failed-logs", configfiles=[*TINY, over])
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-8000:]
+    assert "mean ± std over seeds" in r.stdout
+    return work
+
+
+@pytest.mark.slow
+def test_study_reports_seeds_bounds_ablations_and_label_quality(study_run):
+    import pandas as pd
+
+    study = study_run / "results" / "study"
+    seeds = pd.read_csv(study / "study" / "seed_summary.csv", index_col=0)
+    assert list(seeds.index) == STAGES and (seeds["n_seeds"] == 2).all()
+    assert {"mIoU_mean", "mIoU_std", "mIoU_seed1", "mIoU_seed2", "road_mean", "road_std"} <= set(seeds.columns)
+    assert seeds[["mIoU_mean", "mIoU_seed1", "mIoU_seed2"]].stack().between(0, 100).all()
+    for seed in (1, 2):
+        per_seed = pd.read_csv(study / f"seed-{seed}" / "report" / "summary.csv", index_col=0)
+        assert seeds.loc["stage2", f"mIoU_seed{seed}"] == pytest.approx(per_seed.loc["stage2", "mIoU"])
+    bounds = pd.read_csv(study / "study" / "bounds.csv", index_col=0)
+    assert list(bounds.index) == STAGES
+    assert {"source_only_mean", "oracle_mean", "gap_closed_mean", "gap_closed_std"} <= set(bounds.columns)
+    ablations = pd.read_csv(study / "study" / "ablations.csv")
+    names = set(ablations["name"])
+    assert {"stage 1 without rectification", "stage 1 without the consistency loss",
+            "stage 2 without distillation"} <= names
+    assert ablations["mIoU_mean"].between(0, 100).all() and (ablations["n_seeds"] == 2).all()
+    quality = pd.read_csv(study / "study" / "label_quality.csv", index_col=0)
+    assert len(quality) == 5 and quality.filter(like="_mean").stack().between(0, 100).all()
+    for seed in (1, 2):
+        report = study / f"seed-{seed}" / "report"
+        for name in ("prediction_grid.png", "training_curves.png", "label_quality.png", "miou_by_stage.png"):
+            assert (report / name).stat().st_size > 1000, name
+    plans = {yaml.safe_load((study / f"seed-{s}" / "manifest.yaml").read_text())["stages"]["warmup"]["model"]
+             for s in (1, 2)}
+    assert len(plans) == 2  # each seed trains its own chain; the generated data is shared
+    assert len(list((study_run / "results" / "data").glob("toycity-*"))) == 1
+
+
+@pytest.mark.slow
+def test_study_html_report_has_every_figure_with_a_caption(study_run):
+    from proda.report import CAPTIONS
+
+    r = smk(study_run, "--report", "report.html",
+            configfiles=[*TINY, study_run / "study.yaml"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    html = (study_run / "report.html").read_text(errors="replace")
+    for name in ("prediction_grid.png", "training_curves.png", "label_quality.png", "seed_summary.png",
+                 "bounds.csv", "ablations.csv"):
+        assert name in html, name
+        assert CAPTIONS[name].split(";")[0][:40] in html, name

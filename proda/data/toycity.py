@@ -1,9 +1,16 @@
 """Toy-city benchmark: a deterministic synthetic street-scene domain-shift pair in real layouts.
 
-The source is written in the GTA5 layout (``gta5/images|labels/NNNNN.png`` + ``split.mat``),
-the target in the Cityscapes layout (``cityscapes/leftImg8bit|gtFine/{train,val}/<city>/…``);
-both label maps hold Cityscapes label ids, including void ids (parking, static, dynamic,
-unlabeled; the target also has the ego vehicle and out-of-roi borders) that map to 250.
+The source is written in the GTA5 layout (``gta5/images|labels/NNNNN.png`` + ``split.mat``,
+the default) or in the SYNTHIA-RAND-CITYSCAPES layout (``synthia/RGB|GT/LABELS/NNNNNNN.png``,
+``source_layout="synthia"``), the target in the Cityscapes layout
+(``cityscapes/leftImg8bit|gtFine/{train,val}/<city>/…``). GTA5 and Cityscapes label maps hold
+Cityscapes label ids, including void ids (parking, static, dynamic, unlabeled; the target also
+has the ego vehicle and out-of-roi borders) that map to 250. SYNTHIA labels are 16-bit
+3-channel PNGs whose RGB channel 0 holds the same scene's classes as SYNTHIA class ids
+(:data:`CITYSCAPES_TO_SYNTHIA`; parking becomes SYNTHIA's parking slot, the voids SYNTHIA's
+void 0), channel 1 a per-object instance id (0 on stuff classes) and channel 2 zero. The
+source scenes are the same in both layouts for a given seed and options, so their 19-class
+train-id maps agree.
 
 Both domains share the scene grammar (sky, buildings with windows, trees, a perspective road
 with lane marks, sidewalks, terrain, walls, fences, poles with signs and lights, cars, persons,
@@ -27,12 +34,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+import cv2
 import numpy as np
 import scipy.io
 from PIL import Image
 
 FORMAT_VERSION = 1
 MANIFEST = "toycity.json"
+SOURCE_LAYOUTS = ("gta5", "synthia")
 TRAIN_CITIES = ("toyburg", "pixelheim")
 VAL_CITIES = ("voxelstadt",)
 
@@ -40,6 +49,13 @@ VAL_CITIES = ("voxelstadt",)
 ID = dict(unlabeled=0, ego=1, out_of_roi=3, static=4, dynamic=5, road=7, sidewalk=8, parking=9,
           building=11, wall=12, fence=13, pole=17, light=19, sign=20, vegetation=21, terrain=22,
           sky=23, person=24, rider=25, car=26, truck=27, bus=28, motorcycle=32, bicycle=33)
+# Classes whose pixels carry a per-object instance id in SYNTHIA-layout labels (others: 0).
+THINGS = frozenset({"person", "rider", "car", "truck", "bus", "motorcycle", "bicycle"})
+# Cityscapes label id (as painted) → SYNTHIA class id (docs/method.md §2.2): parking becomes
+# SYNTHIA's parking slot (void in both 19/16/13-class lists), the void ids SYNTHIA's void 0.
+CITYSCAPES_TO_SYNTHIA: dict[int, int] = {
+    0: 0, 1: 0, 3: 0, 4: 0, 5: 0, 7: 3, 8: 4, 9: 13, 11: 2, 12: 21, 13: 5, 17: 7, 19: 15, 20: 9,
+    21: 6, 22: 16, 23: 1, 24: 10, 25: 17, 26: 8, 27: 18, 28: 19, 32: 12, 33: 11}
 
 RGB = tuple[float, float, float]
 SOURCE_PALETTE: dict[str, RGB] = {
@@ -124,6 +140,8 @@ class Canvas:
         self.w, self.h, self.rng, self.style = w, h, rng, style
         self.yy, self.xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
         self.ids = np.zeros((h, w), np.uint8)
+        self.inst = np.zeros((h, w), np.uint16)   # per-object instance ids on THINGS pixels
+        self.instance = 0                          # id of the object being drawn
         self.rgb = np.zeros((h, w, 3), np.float32)
         fine = rng.standard_normal((h, w)).astype(np.float32)
         coarse = rng.standard_normal((h // 6 + 1, w // 6 + 1)).astype(np.float32)
@@ -142,7 +160,12 @@ class Canvas:
     def paint(self, region: Region, label: str, colour: np.ndarray, tex: str = "flat") -> None:
         ys, xs, m = region
         self.ids[ys, xs][m] = ID[label]
+        self.inst[ys, xs][m] = self.instance if label in THINGS else 0
         self.rgb[ys, xs][m] = colour * self.tex[tex][ys, xs][m][:, None]
+
+    def new_instance(self) -> None:
+        """Start a new object: THINGS pixels painted from now on get the next instance id."""
+        self.instance += 1
 
     def full(self, mask: np.ndarray) -> Region:
         return Region(slice(0, self.h), slice(0, self.w), mask)
@@ -279,6 +302,7 @@ def _pole(c: Canvas, st: Street, t: float, side: int) -> None:
 
 def _vehicle(c: Canvas, st: Street, t: float, u: float, scale: float) -> None:
     """A car (usually), bus or truck at depth ``t`` and lane position ``u`` in [-1, 1]."""
+    c.new_instance()
     xc = st.vx + u * c.w * (0.01 + 0.5 * sum(st.road) * t)
     yb, kind = st.y(t), c.rng.random()
     kind = "bus" if kind < 0.06 else "truck" if kind < 0.12 else "car"
@@ -304,6 +328,7 @@ def _vehicle(c: Canvas, st: Street, t: float, u: float, scale: float) -> None:
 
 
 def _person(c: Canvas, x: float, yb: float, height: float, label: str = "person") -> None:
+    c.new_instance()
     clothes = c.colour(c.style.clothes[c.rng.integers(len(c.style.clothes))])
     wd = max(0.7, 0.14 * height)
     c.paint(c.rect(x - wd * 0.8, yb - 0.45 * height, x - wd * 0.1, yb), label, c.colour("wheel"))
@@ -320,6 +345,7 @@ def _pedestrian(c: Canvas, st: Street, t: float, side: int, frac: float, scale: 
 
 def _two_wheeler(c: Canvas, st: Street, t: float, side: int) -> None:
     """A rider on a bicycle or a motorcycle near the road edge."""
+    c.new_instance()  # the vehicle; its rider is an instance of its own
     x, yb, s = st.road_edge(t, side) - side * 0.08 * c.w * t, st.y(t), t * c.h
     kind = "bicycle" if c.rng.random() < 0.6 else "motorcycle"
     r = 0.09 * s
@@ -359,6 +385,14 @@ def _finish(c: Canvas) -> np.ndarray:
 
 def render(rng: np.random.Generator, size: tuple[int, int], style: Style) -> tuple[np.ndarray, np.ndarray]:
     """One scene at ``size`` (W, H): (H×W×3 uint8 RGB, H×W uint8 Cityscapes label ids)."""
+    img, ids, _ = render_instances(rng, size, style)
+    return img, ids
+
+
+def render_instances(rng: np.random.Generator, size: tuple[int, int],
+                     style: Style) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`render` plus an H×W uint16 instance map (1, 2, … per object on THINGS pixels,
+    0 elsewhere); it draws the same random numbers, so image and ids are those of render."""
     w, h = size
     c = Canvas(w, h, rng, style)
     st = Street(hz=h * rng.uniform(*style.horizon), vx=w * rng.uniform(0.4, 0.6), h=h, w=w,
@@ -382,7 +416,7 @@ def render(rng: np.random.Generator, size: tuple[int, int], style: Style) -> tup
         draw(c, st, float(t), *(int(a) if isinstance(a, np.integer) else float(a) for a in args))
     if style.ego:
         _ego(c)
-    return _finish(c), c.ids
+    return _finish(c), c.ids, c.inst
 
 
 # ---------------------------------------------------------------------------- writing
@@ -437,6 +471,33 @@ def _write_source(root: Path, seed: int, n: int, size: tuple[int, int]) -> None:
     _save_split_mat(root / "split.mat", n)
 
 
+def synthia_label(ids: np.ndarray, inst: np.ndarray) -> np.ndarray:
+    """H×W Cityscapes label ids + instance ids → H×W×3 uint16 SYNTHIA label in OpenCV's BGR
+    order (RGB channel 0 = SYNTHIA class id, channel 1 = instance id, channel 2 = 0)."""
+    lut = np.full(256, -1, np.int32)
+    lut[list(CITYSCAPES_TO_SYNTHIA)] = list(CITYSCAPES_TO_SYNTHIA.values())
+    cls = lut[ids]
+    if (cls < 0).any():
+        raise ValueError(f"Cityscapes ids without a SYNTHIA class: {sorted(set(np.unique(ids[cls < 0]).tolist()))}")
+    bgr = np.zeros(ids.shape + (3,), np.uint16)
+    bgr[..., 2] = cls
+    bgr[..., 1] = inst
+    return bgr
+
+
+def _write_source_synthia(root: Path, seed: int, n: int, size: tuple[int, int]) -> None:
+    """SYNTHIA-RAND-CITYSCAPES layout: ``RGB/NNNNNNN.png`` (8-bit RGB) + ``GT/LABELS/NNNNNNN.png``
+    (16-bit 3-channel); scene ``i`` is the GTA5 layout's ``NNNNN.png`` of the same seed."""
+    (root / "RGB").mkdir(parents=True)
+    (root / "GT" / "LABELS").mkdir(parents=True)
+    for i in range(1, n + 1):
+        img, ids, inst = render_instances(_rng(seed, 0, 0, i), size, SOURCE_STYLE)
+        _save_png(root / "RGB" / f"{i:07d}.png", img)
+        path = root / "GT" / "LABELS" / f"{i:07d}.png"
+        if not cv2.imwrite(str(path), synthia_label(ids, inst), [cv2.IMWRITE_PNG_COMPRESSION, 3]):
+            raise OSError(f"cannot write SYNTHIA label {path}")
+
+
 def _write_target(root: Path, seed: int, split: str, n: int, size: tuple[int, int]) -> None:
     cities = TRAIN_CITIES if split == "train" else VAL_CITIES
     for i in range(n):
@@ -462,38 +523,49 @@ def _read_manifest(path: Path) -> dict | None:
         return None
 
 
-def _paths(out: Path) -> dict[str, Path]:
-    return {"source": out / "gta5", "target": out / "cityscapes"}
+def _paths(out: Path, source_layout: str) -> dict[str, Path]:
+    return {"source": out / source_layout, "target": out / "cityscapes"}
 
 
 def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_source: int = 200, n_target_train: int = 100,
              n_target_val: int = 40, source_size: Sequence[int] = (160, 88),
-             target_size: Sequence[int] = (192, 96)) -> dict[str, Path]:
-    """Write the benchmark to ``out_dir`` (``gta5/``, ``cityscapes/``, ``toycity.json``).
+             target_size: Sequence[int] = (192, 96), source_layout: str = "gta5") -> dict[str, Path]:
+    """Write the benchmark to ``out_dir`` (``gta5/`` or ``synthia/``, ``cityscapes/``, ``toycity.json``).
 
+    ``source_layout`` is ``"gta5"`` (GTA5 layout, Cityscapes ids) or ``"synthia"``
+    (SYNTHIA-RAND-CITYSCAPES layout, SYNTHIA ids; same scenes, still at ``source_size``).
     The tree is built in a temporary sibling folder and renamed into place. An existing
-    benchmark with the same options is kept as is; one with other options is replaced; any
-    other non-empty folder is refused. Returns ``{"source": out/gta5, "target": out/cityscapes}``.
+    benchmark with the same options (the layout included; a manifest without one is a GTA5-layout
+    benchmark) is kept as is; one with other options is replaced; any other non-empty folder is
+    refused. Returns ``{"source": out/<source_layout>, "target": out/cityscapes}``.
     """
+    if source_layout not in SOURCE_LAYOUTS:
+        raise ValueError(f"toy-city source_layout must be one of {', '.join(SOURCE_LAYOUTS)}, "
+                         f"got {source_layout!r}")
     for name, n in (("n_source", n_source), ("n_target_train", n_target_train), ("n_target_val", n_target_val)):
         if int(n) < 1:
             raise ValueError(f"toy-city {name} must be >= 1, got {n!r}")
     params = {"version": FORMAT_VERSION, "seed": int(seed), "n_source": int(n_source),
               "n_target_train": int(n_target_train), "n_target_val": int(n_target_val),
               "source_size": list(_check_size("source_size", source_size)),
-              "target_size": list(_check_size("target_size", target_size))}
+              "target_size": list(_check_size("target_size", target_size)),
+              "source_layout": source_layout}
     out = Path(out_dir)
     if out.exists():
         manifest = out / MANIFEST
-        if _read_manifest(manifest) == params:
-            return _paths(out)
+        old = _read_manifest(manifest)
+        if isinstance(old, dict):
+            old.setdefault("source_layout", "gta5")  # written before the option existed
+        if old == params:
+            return _paths(out, source_layout)
         if not manifest.is_file() and any(out.iterdir()):
             raise FileExistsError(f"{out} exists and is not a toy-city benchmark; refusing to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)
-        _write_source(tmp / "gta5", params["seed"], params["n_source"], tuple(params["source_size"]))
+        write_source = _write_source_synthia if source_layout == "synthia" else _write_source
+        write_source(tmp / source_layout, params["seed"], params["n_source"], tuple(params["source_size"]))
         for split in ("train", "val"):
             _write_target(tmp / "cityscapes", params["seed"], split, params[f"n_target_{split}"],
                           tuple(params["target_size"]))
@@ -508,4 +580,4 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_source: int = 200, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _paths(out)
+    return _paths(out, source_layout)

@@ -20,8 +20,9 @@ from proda.config import (
     execution_settings,
     load_defaults,
     validate,
+    without_execution,
 )
-from proda.plan import DIGEST, plan
+from proda.plan import ABLATIONS, DIGEST, study, toycity_folder
 
 
 def _validated(user: dict) -> dict:
@@ -35,18 +36,27 @@ def _validated(user: dict) -> dict:
 
 
 CONFIG = _validated(config)
-config.update(
-    CONFIG
-)  # workers read the execution-only settings (device, workers, logging) from it
-PLANS = {p.experiment: p for p in [plan(CONFIG)]}
+# workers read the execution-only settings (device, workers, logging) from it
+config.update(CONFIG)
+STUDY = study(CONFIG)
+PLANS = STUDY.plans
+REPORTS = STUDY.reports()  # run folder -> plan, for each seed's full chain
 ARTIFACTS = {node: art for p in PLANS.values() for node, art in p.artifacts.items()}
-EXECUTION = execution_settings(CONFIG)
 TOY = CONFIG["data"]["toycity"] is not None
+QUALITY = bool(CONFIG["report"]["label_quality"])
+DATA = (
+    {"data": toycity_folder(CONFIG)} if TOY else {}
+)  # the generated benchmark, an input of data readers
 
 
 def node_pattern(name: str) -> str:
     """Regex of the nodes of one step: any folder, then `<name>-<digest>`."""
     return rf".+/{name}-{DIGEST}"
+
+
+def folders_pattern(folders) -> str:
+    """Regex matching exactly the given folders."""
+    return "|".join(map(re.escape, folders))
 
 
 def inputs_of(wildcards) -> dict:
@@ -64,13 +74,101 @@ def step_of(wildcards) -> str:
     return ARTIFACTS[wildcards.node].step
 
 
-def plan_inputs(wildcards) -> dict:
-    """The report's inputs: each stage's evaluation CSV of the experiment."""
-    return PLANS[wildcards.experiment].evals
+def evals_of(wildcards) -> dict:
+    """The report's inputs: each stage's evaluation CSV of the run."""
+    return REPORTS[wildcards.folder].evals
 
 
 def manifest_of(wildcards) -> dict:
-    return PLANS[wildcards.experiment].manifest()
+    return REPORTS[wildcards.folder].manifest()
+
+
+def run_config_of(wildcards) -> dict:
+    """The run's whole config (for the jobs that read several sections), execution keys left out."""
+    return without_execution(REPORTS[wildcards.folder].config)
+
+
+def quality_inputs(wildcards) -> dict:
+    """The pseudo-label artifacts of the run and the models that made them."""
+    p = REPORTS[wildcards.folder]
+    models = {s: f"{p.models[s]}/model.pt" for s in ("warmup", "stage1")}
+    return {**models, **p.pseudo, **DATA}
+
+
+def figure_inputs(wildcards) -> dict:
+    """Every stage's model and training log of the run."""
+    p = REPORTS[wildcards.folder]
+    models = {f"model_{s}": f"{folder}/model.pt" for s, folder in p.models.items()}
+    logs = {f"log_{s}": path for s, path in p.train_logs.items()}
+    return {**models, **logs, **DATA}
+
+
+def study_inputs(wildcards) -> dict:
+    """Each seed's summary (and label quality), the bounds' and the ablations' evaluations."""
+    files = {}
+    for seed, name in STUDY.main.items():
+        files[f"summary_{seed}"] = f"{PLANS[name].folder}/report/summary.csv"
+        if QUALITY:
+            files[f"quality_{seed}"] = f"{PLANS[name].folder}/label_quality.csv"
+    for bound, runs in STUDY.bounds.items():
+        files.update(
+            {
+                f"{bound}_{seed}": PLANS[name].evals["warmup"]
+                for seed, name in runs.items()
+            }
+        )
+    for ablation, runs in STUDY.ablations.items():
+        stage = ABLATIONS[ablation][0]
+        files.update(
+            {
+                f"{ablation}_{seed}": PLANS[name].evals[stage]
+                for seed, name in runs.items()
+            }
+        )
+    return files
+
+
+def study_outputs() -> dict:
+    """The study report's files (bounds, ablations and label quality only when configured)."""
+    names = {"summary": "seed_summary.csv", "plot": "seed_summary.png"}
+    names |= {"bounds": "bounds.csv"} if STUDY.bounds else {}
+    names |= {"ablations": "ablations.csv"} if STUDY.ablations else {}
+    names |= {"quality": "label_quality.csv"} if QUALITY else {}
+    return {key: f"{STUDY.folder}/study/{name}" for key, name in names.items()}
+
+
+def study_report_outputs() -> dict:
+    """:func:`study_outputs` marked for the HTML report, each with its caption."""
+    return {
+        key: report(path, category="Study", caption=f"../report/study_{key}.rst")
+        for key, path in study_outputs().items()
+    }
+
+
+def study_layout() -> dict:
+    """How the study report reads its inputs: names of the bounds and the ablations' rows."""
+    return {
+        "seeds": list(STUDY.main),
+        "bounds": list(STUDY.bounds),
+        "ablations": {a: list(ABLATIONS[a][::2]) for a in STUDY.ablations},
+        "quality": QUALITY,
+    }
+
+
+def final_targets() -> list:
+    """What `all` asks for: every run's report and artifacts (a deleted one is rebuilt), the
+    pictures and label quality of each seed's run, and the study report."""
+    files = []
+    for folder, p in REPORTS.items():
+        files += [
+            f"{folder}/report/summary.csv",
+            f"{folder}/report/prediction_grid.png",
+            *p.targets(),
+        ]
+        files += [f"{folder}/label_quality.csv"] if QUALITY else []
+    for name, p in PLANS.items():
+        files += list(p.evals.values())
+    return files + (list(study_outputs().values()) if STUDY.aggregated else [])
 
 
 # ---- resources ----

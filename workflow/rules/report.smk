@@ -1,35 +1,36 @@
-"""Per experiment: its evaluation CSVs, the stage x class summary with its plots, and a manifest
-naming the run folders it used (proda prune keeps exactly those)."""
+"""Per run (each seed's full chain): its evaluation CSVs, the stage x class summary with its
+plots and a manifest naming the run folders it used (proda prune keeps exactly those); the
+prediction grid and training curves; the pseudo-label quality. Per experiment with several
+seeds, bounds or ablations: the study report (mean and std over seeds)."""
 
 
 rule report:
     input:
-        unpack(plan_inputs),
+        unpack(evals_of),
     output:
         summary=report(
-            "{results}/{experiment}/report/summary.csv",
+            "{folder}/report/summary.csv",
             category="Summary",
             caption="../report/summary.rst",
         ),
         miou=report(
-            "{results}/{experiment}/report/miou_by_stage.png",
+            "{folder}/report/miou_by_stage.png",
             category="Summary",
             caption="../report/miou_by_stage.rst",
         ),
         per_class=report(
-            "{results}/{experiment}/report/per_class_iou.png",
+            "{folder}/report/per_class_iou.png",
             category="Summary",
             caption="../report/per_class_iou.rst",
         ),
-        evals=directory("{results}/{experiment}/eval"),
-        manifest="{results}/{experiment}/manifest.yaml",
+        evals=directory("{folder}/eval"),
+        manifest="{folder}/manifest.yaml",
     log:
-        "{results}/{experiment}/report/report.log",
+        "{folder}/report/report.log",
     benchmark:
-        "{results}/{experiment}/report/report.benchmark.tsv"
+        "{folder}/report/report.benchmark.tsv"
     wildcard_constraints:
-        results=re.escape(CONFIG["results_dir"]),
-        experiment="|".join(map(re.escape, PLANS)),
+        folder=folders_pattern(REPORTS),
     conda:
         "../../environment.yml"
     threads: threads_of("report")
@@ -39,3 +40,87 @@ rule report:
         manifest=manifest_of,
     script:
         "../scripts/report.py"
+
+
+rule figures:
+    input:
+        unpack(figure_inputs),
+    output:
+        grid=report(
+            "{folder}/report/prediction_grid.png",
+            category="Pictures",
+            caption="../report/prediction_grid.rst",
+        ),
+        curves=report(
+            "{folder}/report/training_curves.png",
+            category="Pictures",
+            caption="../report/training_curves.rst",
+        ),
+    log:
+        "{folder}/report/figures.log",
+    benchmark:
+        "{folder}/report/figures.benchmark.tsv"
+    wildcard_constraints:
+        folder=folders_pattern(REPORTS),
+    conda:
+        "../../environment.yml"
+    threads: threads_of("evaluate")
+    resources:
+        **resources_of("evaluate"),
+    params:
+        cfg=run_config_of,
+    script:
+        "../scripts/figures.py"
+
+
+rule label_quality:
+    input:
+        unpack(quality_inputs),
+    output:
+        csv=report(
+            "{folder}/label_quality.csv",
+            category="Pseudo labels",
+            caption="../report/label_quality.rst",
+        ),
+        plot=report(
+            "{folder}/report/label_quality.png",
+            category="Pseudo labels",
+            caption="../report/label_quality.rst",
+        ),
+    log:
+        "{folder}/label_quality.log",
+    benchmark:
+        "{folder}/label_quality.benchmark.tsv"
+    wildcard_constraints:
+        folder=folders_pattern(REPORTS),
+    conda:
+        "../../environment.yml"
+    threads: threads_of("evaluate")
+    resources:
+        **resources_of("evaluate"),
+    params:
+        cfg=run_config_of,
+    script:
+        "../scripts/label_quality.py"
+
+
+if STUDY.aggregated:
+
+    rule study_report:
+        input:
+            unpack(study_inputs),
+        output:
+            **study_report_outputs(),
+        log:
+            f"{STUDY.folder}/study/study_report.log",
+        benchmark:
+            f"{STUDY.folder}/study/study_report.benchmark.tsv"
+        conda:
+            "../../environment.yml"
+        threads: threads_of("report")
+        resources:
+            **resources_of("report"),
+        params:
+            layout=study_layout(),
+        script:
+            "../scripts/study_report.py"
