@@ -1,12 +1,13 @@
-# Two entry points for a fresh machine: `make demo` (run the whole pipeline on the toy benchmark)
-# and `make test` (the test suite). Both create .venv with pip when it is absent.
+# Entry points for a fresh machine: `make demo` (the whole pipeline on the toy benchmark), `make study`
+# (3 seeds, bounds and ablations on it) and `make test` (the test suite). Each creates .venv with pip
+# when it is absent.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slurm"
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo study test venv clean
 
 $(STAMP): requirements-ci.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores all
+
+study: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores all --configfile config.yaml config/study.yaml
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)

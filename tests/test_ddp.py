@@ -16,6 +16,8 @@ import pytest
 import torch
 from torch import nn
 
+from fakes import CountingStage
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"backbone": "resnet18", "base_width": 8, "head_channels": 32}
 N_CLASS, BATCH = 19, 4
@@ -83,35 +85,6 @@ def one_step_each(setup_path: str, out_path: str) -> None:
         torch.save(result, out_path)
 
 
-class _SignallingStage:
-    """A stand-in stage: one weight counting the steps; rank 1 gets SIGTERM during step 2."""
-
-    name = "fake"
-
-    def __init__(self, runtime):
-        self.runtime = runtime
-        self.student = nn.Linear(1, 1, bias=False)
-        nn.init.zeros_(self.student.weight)
-        self.optimizers = {"G": torch.optim.SGD(self.student.parameters(), lr=1.0)}
-
-    def modules(self):
-        return {"student": self.student}
-
-    def step(self, source, target, iteration):
-        self.optimizers["G"].step()
-        with torch.no_grad():
-            self.student.weight += 1
-        if iteration == 2 and self.runtime.rank == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return {"loss": float(iteration + self.runtime.rank)}
-
-    def extra_state(self):
-        return {}
-
-    def load_extra_state(self, state):
-        return None
-
-
 def stop_together(setup_path: str, out_path: str) -> None:
     """Train the stand-in stage; one rank's SIGTERM stops every rank after the same iteration."""
     from proda.runtime import make_runtime
@@ -120,7 +93,8 @@ def stop_together(setup_path: str, out_path: str) -> None:
 
     runtime = make_runtime({"device": "cpu"})
     streams = [BatchStream(list(range(8)), 4, rank=runtime.rank, world_size=runtime.world_size) for _ in "st"]
-    trainer = Trainer(_SignallingStage(runtime), *streams, iterations=10, state_dir=out_path, schedule_iters=10,
+    stage = CountingStage(runtime, signal.SIGTERM, at=2, rank=1)  # rank 1 gets SIGTERM during step 2
+    trainer = Trainer(stage, *streams, iterations=10, state_dir=out_path, schedule_iters=10,
                       checkpoint_every=100, log_every=1, progress=False)
     try:
         trainer.run()

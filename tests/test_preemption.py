@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch import nn
 
-from proda.runtime import Runtime
+from fakes import CountingStage
+
 from proda.train.batches import BatchStream
 from proda.train.loop import PREVIOUS_FILE, STATE_FILE, Preempted, Trainer
 
@@ -30,36 +30,6 @@ class _Numbers(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> int:
         return i
-
-
-class _CountingStage:
-    """A stand-in stage whose weight counts the steps; sends itself ``signum`` during step ``at``."""
-
-    name = "fake"
-
-    def __init__(self, signum: int = 0, at: int = 0):
-        self.runtime = Runtime(device=torch.device("cpu"))
-        self.student = nn.Linear(1, 1, bias=False)
-        nn.init.zeros_(self.student.weight)
-        self.optimizers = {"G": torch.optim.SGD(self.student.parameters(), lr=1.0)}
-        self.signum, self.at = signum, at
-
-    def modules(self):
-        return {"student": self.student}
-
-    def step(self, source, target, iteration):
-        self.optimizers["G"].step()
-        with torch.no_grad():
-            self.student.weight += 1
-        if iteration == self.at:
-            os.kill(os.getpid(), self.signum)
-        return {"loss": float(iteration)}
-
-    def extra_state(self):
-        return {}
-
-    def load_extra_state(self, state):
-        return None
 
 
 def _trainer(stage, state_dir: Path, iterations: int, checkpoint_every: int = 100) -> Trainer:
@@ -76,7 +46,7 @@ def _logged(state_dir: Path) -> list[int]:
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_stops_after_the_iteration_with_a_resume_checkpoint(tmp_path, capsys, signum, code):
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    trainer = _trainer(_CountingStage(signum, at=3), tmp_path, iterations=10)
+    trainer = _trainer(CountingStage(None, signum, at=3), tmp_path, iterations=10)
     with pytest.raises(Preempted) as info:
         trainer.run()
     assert info.value.code == code and isinstance(info.value, SystemExit)
@@ -90,7 +60,7 @@ def test_signal_stops_after_the_iteration_with_a_resume_checkpoint(tmp_path, cap
     assert _logged(tmp_path) == [3]                                 # the stop iteration is logged
     drawn = (random.random(), np.random.random(), torch.rand(1))    # the RNG state saved with it
 
-    resumed = _trainer(_CountingStage(), tmp_path, iterations=10)
+    resumed = _trainer(CountingStage(), tmp_path, iterations=10)
     resumed._resume()
     assert (random.random(), np.random.random(), torch.rand(1)) == drawn
     resumed.run()
@@ -100,18 +70,18 @@ def test_signal_stops_after_the_iteration_with_a_resume_checkpoint(tmp_path, cap
 
 def test_signal_at_the_last_iteration_finishes_normally(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
-    trainer = _trainer(_CountingStage(signal.SIGTERM, at=4), tmp_path, iterations=4)
+    trainer = _trainer(CountingStage(None, signal.SIGTERM, at=4), tmp_path, iterations=4)
     trainer.run()
     assert trainer.iteration == 4 and signal.getsignal(signal.SIGTERM) == before
 
 
 def test_corrupt_resume_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path, capsys):
-    _trainer(_CountingStage(), tmp_path, iterations=3, checkpoint_every=1).run()
+    _trainer(CountingStage(), tmp_path, iterations=3, checkpoint_every=1).run()
     assert torch.load(tmp_path / PREVIOUS_FILE, weights_only=True)["iteration"] == 2  # rotated, kept
     last = tmp_path / STATE_FILE
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated, as by a full disk
 
-    trainer = _trainer(_CountingStage(), tmp_path, iterations=5)
+    trainer = _trainer(CountingStage(), tmp_path, iterations=5)
     trainer.run()
     err = capsys.readouterr()
     report = [line for line in err.err.splitlines() if "unreadable" in line]
@@ -126,7 +96,7 @@ def test_corrupt_resume_checkpoint_is_set_aside_and_the_previous_one_used(tmp_pa
 def test_no_readable_resume_checkpoint_starts_from_zero(tmp_path, capsys):
     for name in (STATE_FILE, PREVIOUS_FILE):
         (tmp_path / name).write_bytes(b"not a checkpoint")
-    trainer = _trainer(_CountingStage(), tmp_path, iterations=2)
+    trainer = _trainer(CountingStage(), tmp_path, iterations=2)
     trainer.run()
     assert capsys.readouterr().err.count("unreadable") == 2
     assert trainer.final_student_state()["weight"].item() == 2.0

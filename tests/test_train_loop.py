@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from fakes import CountingStage
+
 from proda.train.batches import BatchStream
 from proda.train.optim import SequentialSGD, make_sgd, poly_schedule
 from proda.train.syncbn import GlooSyncBatchNorm, convert_sync_batchnorm
@@ -173,41 +175,12 @@ def test_runtime_is_cpu_without_cuda():
     assert rt.device.type == "cpu" and rt.world_size == int(os.environ.get("WORLD_SIZE", "1"))
 
 
-class _CountingStage:
-    """A Stage stand-in whose single weight counts the steps taken."""
-
-    name = "fake"
-
-    def __init__(self):
-        from proda.runtime import Runtime
-
-        self.runtime = Runtime(device=torch.device("cpu"))
-        self.student = nn.Linear(1, 1, bias=False)
-        nn.init.zeros_(self.student.weight)
-        self.optimizers = {"G": torch.optim.SGD(self.student.parameters(), lr=1.0)}
-
-    def modules(self):
-        return {"student": self.student}
-
-    def step(self, source, target, iteration):
-        self.optimizers["G"].step()  # no gradients: a no-op that keeps the scheduler order right
-        with torch.no_grad():
-            self.student.weight += 1
-        return {"loss": float(iteration)}
-
-    def extra_state(self):
-        return {}
-
-    def load_extra_state(self, state):
-        return None
-
-
 @pytest.mark.parametrize("select, expected", [("last", 6.0), ("best_on_val", 4.0)])
 def test_trainer_exports_last_or_best_on_val(tmp_path, select, expected):
     from proda.train.loop import Trainer
 
     scores = iter([10.0, 30.0, 20.0])  # validations at iterations 2, 4, 6
-    stage = _CountingStage()
+    stage = CountingStage()
     trainer = Trainer(stage, BatchStream(_Numbers(4), 2), BatchStream(_Numbers(4), 2), iterations=6,
                       state_dir=tmp_path, schedule_iters=6, checkpoint_every=3, log_every=1,
                       validate=lambda model: next(scores), val_every=2, select=select, progress=False)
@@ -222,5 +195,5 @@ def test_trainer_refuses_best_on_val_without_validation(tmp_path):
     from proda.train.loop import Trainer
 
     with pytest.raises(ValueError, match="train.val_every"):
-        Trainer(_CountingStage(), BatchStream(_Numbers(4), 2), BatchStream(_Numbers(4), 2), iterations=2,
+        Trainer(CountingStage(), BatchStream(_Numbers(4), 2), BatchStream(_Numbers(4), 2), iterations=2,
                 state_dir=tmp_path, schedule_iters=2, select="best_on_val")

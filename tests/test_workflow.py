@@ -210,14 +210,19 @@ def test_outputs_carry_their_provenance_in_the_path(tmp_path):
     assert not unmatched and len(files) == 1 + 2 + 2 + 4 * 3 + 3 + 2, (unmatched, sorted(files))
 
 
+def _preset_paths(tmp_path: Path, layout: Path) -> Path:
+    """An override naming data in the real layouts and (placeholder) weight files for a preset."""
+    for f in ("warmup.pkl", "simclr.pth"):
+        (tmp_path / f).write_bytes(b"x")
+    return write_yaml(tmp_path / "paths.yaml", {**_real_data(layout),
+                                                "warmup": {"checkpoint": str(tmp_path / "warmup.pkl")},
+                                                "model": {"simclr": str(tmp_path / "simclr.pth")}})
+
+
 def test_preset_dag_imports_the_warmup_and_uses_real_data(tmp_path, real_layout):
     """A paper preset with data in the real layouts and (placeholder) weight files: no toy data,
     the warm-up checkpoint is the warmup rule's input, SimCLR weights are the stage-2 student's."""
-    for f in ("warmup.pkl", "simclr.pth"):
-        (tmp_path / f).write_bytes(b"x")
-    paths = write_yaml(tmp_path / "paths.yaml", {**_real_data(real_layout),
-                                                 "warmup": {"checkpoint": str(tmp_path / "warmup.pkl")},
-                                                 "model": {"simclr": str(tmp_path / "simclr.pth")}})
+    paths = _preset_paths(tmp_path, real_layout)
     r = smk(tmp_path, "--dry-run", configfiles=[PRESETS[0], paths])
     assert r.returncode == 0, r.stdout + r.stderr
     blocks: dict[str, str] = {}
@@ -235,11 +240,7 @@ def test_presets_are_used_instead_of_the_toy_config(tmp_path, real_layout):
     from proda.config import resolve
     from proda.plan import plan
 
-    for f in ("warmup.pkl", "simclr.pth"):
-        (tmp_path / f).write_bytes(b"x")
-    paths = write_yaml(tmp_path / "paths.yaml", {**_real_data(real_layout),
-                                                 "warmup": {"checkpoint": str(tmp_path / "warmup.pkl")},
-                                                 "model": {"simclr": str(tmp_path / "simclr.pth")}})
+    paths = _preset_paths(tmp_path, real_layout)
     r = smk(tmp_path, "--dry-run", configfiles=[PRESETS[0], paths])
     assert r.returncode == 0, r.stdout + r.stderr
     alone, layered = (plan(resolve(*files)).models["warmup"] for files in ([PRESETS[0], paths],

@@ -212,16 +212,21 @@ def resources_of(rule: str) -> dict:
 
 
 def print_summaries() -> None:
-    """After a successful run: each experiment's mIoU per stage and where its report is."""
+    """After a successful run: each run's mIoU per stage, the study's mean and std over seeds,
+    and where the report is."""
     import os
 
-    from proda.report import format_summary
+    from proda.report import format_seed_summary, format_summary
 
-    for p in PLANS.values():
-        summary = f"{p.folder}/report/summary.csv"
+    for folder in REPORTS:
+        summary = f"{folder}/report/summary.csv"
         if os.path.exists(summary):
-            print(f"Experiment {p.experiment}:")
+            print(f"Run {folder}:")
             print(format_summary(summary))
-            print(
-                f"Report: {summary} (plots beside it); HTML: snakemake --report {p.folder}/report.html"
-            )
+    seeds = study_outputs()["summary"]
+    if STUDY.aggregated and os.path.exists(seeds):
+        print(f"Experiment {STUDY.folder}, mean ± std over seeds:")
+        print(format_seed_summary(seeds))
+    print(
+        f"Report: {STUDY.folder}/ (tables and plots); HTML: snakemake --report {STUDY.folder}/report.html"
+    )

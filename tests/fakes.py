@@ -1,0 +1,41 @@
+"""Stand-ins shared by the training-loop tests."""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from proda.runtime import Runtime
+
+
+class CountingStage:
+    """A Stage stand-in whose single weight counts the steps taken; it sends itself ``signum``
+    during step ``at`` (on every rank, or only on ``rank``). Its logged loss is the iteration plus
+    the rank."""
+
+    name = "fake"
+
+    def __init__(self, runtime: Runtime | None = None, signum: int = 0, at: int = 0, rank: int | None = None):
+        self.runtime = runtime or Runtime(device=torch.device("cpu"))
+        self.student = nn.Linear(1, 1, bias=False)
+        nn.init.zeros_(self.student.weight)
+        self.optimizers = {"G": torch.optim.SGD(self.student.parameters(), lr=1.0)}
+        self.signum, self.at, self.rank = signum, at, rank
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
+
+    def step(self, source, target, iteration: int) -> dict[str, float]:
+        self.optimizers["G"].step()  # no gradients: a no-op that keeps the scheduler order right
+        with torch.no_grad():
+            self.student.weight += 1
+        if iteration == self.at and self.rank in (None, self.runtime.rank):
+            os.kill(os.getpid(), self.signum)
+        return {"loss": float(iteration + self.runtime.rank)}
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state) -> None:
+        return None
