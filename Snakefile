@@ -16,9 +16,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-if not workflow.overwrite_configfiles:
+if not workflow.overwrite_configfiles:  # the toy default, beside this file
 
-    configfile: "config.yaml"
+    configfile: f"{workflow.basedir}/config.yaml"
 
 
 include: "workflow/rules/common.smk"
