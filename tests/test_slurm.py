@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_JOBS = sorted(["toycity", "warmup", "soft_labels", "prototypes", "stage1", "hard_labels", "hard_labels",
-                     "distill", "distill", *["evaluate"] * 4])
+                     "distill", "distill", *["evaluate"] * 4, "figures", "label_quality"])
 
 
 def _slurm_is_up() -> None:
