@@ -15,7 +15,8 @@ from proda.models import DeepLabV2, FCDiscriminator, is_backbone_key, output_siz
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
-STATE_DICT_DOC = REPO.parent / "shared" / "docs" / "deeplabv2-state-dict.txt"
+# every state-dict key of the official model with its shape (docs/method.md §1.7), with and without bn_clr
+STATE_DICT_DOC = REPO / "tests" / "data" / "deeplabv2-state-dict.txt"
 
 
 def parse_state_dict_doc() -> dict[bool, dict]:

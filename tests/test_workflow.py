@@ -103,6 +103,7 @@ def test_no_reference_points_outside_the_repository():
                 and path != Path(__file__).resolve():
             text = path.read_text(errors="replace")
             assert "../shared" not in text and "proda-reference" not in text, rel
+            assert not re.search(r"parent\s*/\s*[\"']shared[\"']", text), rel
 
 
 def test_config_docs_are_generated_from_the_schema():
