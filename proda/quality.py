@@ -34,6 +34,7 @@ from proda.prototypes import rectification_weights, rectify_pseudo_labels
 from proda.pseudo_labels import HardLabelStore, SoftLabelStore
 from proda.report import save_figure
 from proda.runtime import resolve_device
+from proda.train.setup import up
 
 PathLike = str | os.PathLike
 ArrayLike = Tensor | np.ndarray
@@ -119,13 +120,6 @@ def _labels(dataset: Dataset, progress: bool, desc: str) -> Iterator[tuple[str, 
             yield str(item["name"]), torch.as_tensor(item["label"]).long()
 
 
-def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear (align_corners=True) resize of ``N×C×h×w`` to ``size``; unchanged when equal."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
-
-
 def soft_label_quality(store: SoftLabelStore, dataset: Dataset, *, device: str = "cpu",
                        progress: bool = True) -> dict[str, float]:
     """:func:`label_quality` of the arg-max of the soft labels (§6.1): the probabilities upsampled
@@ -135,7 +129,7 @@ def soft_label_quality(store: SoftLabelStore, dataset: Dataset, *, device: str =
     acc = QualityAccumulator(store.n_class)
     for name, label in _labels(dataset, progress, "soft-label quality"):
         q = store.get(name).to(dev)[None]
-        acc.add(_resize(q, label.shape[-2:]).argmax(dim=1)[0], label.to(dev))
+        acc.add(up(q, label.shape[-2:]).argmax(dim=1)[0], label.to(dev))
     return acc.result()
 
 
@@ -199,8 +193,8 @@ def rectified_label_quality(model: nn.Module, prototypes: Tensor, soft_store: So
                 feat = model(x)["feat"].float()
                 size = feat.shape[-2:] if resolution == "feat" else (x.shape[-2] // 4, x.shape[-1] // 4)
                 q = torch.stack([soft_store.get(str(name)) for name in batch["name"]]).to(dev)
-                weights = rectification_weights(_resize(feat, size), protos, temperature)
-                labels, _ = rectify_pseudo_labels(_resize(q, size), weights, threshold)
+                weights = rectification_weights(up(feat, size), protos, temperature)
+                labels, _ = rectify_pseudo_labels(up(q, size), weights, threshold)
                 gt = batch["label"].to(dev)
                 labels = F.interpolate(labels[:, None].float(), size=gt.shape[-2:], mode="nearest")
                 acc.add(labels[:, 0].long(), gt)
