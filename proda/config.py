@@ -119,9 +119,7 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     """One line naming the offending key of a schema error."""
     path = [str(p) for p in error.absolute_path]
     if error.validator == "additionalProperties":
-        known = set(properties(error.schema)) if "properties" in error.schema or "allOf" in error.schema \
-            else set(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - known)
+        extra = sorted(set(error.instance) - set(properties(error.schema)))
         return f"unknown config key '{'.'.join(path + extra[:1])}'"
     if error.validator == "required":
         missing = [k for k in error.validator_value if k not in error.instance]

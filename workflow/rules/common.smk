@@ -17,7 +17,6 @@ from proda.config import (
     ConfigError,
     deep_merge,
     effective,
-    execution_settings,
     load_defaults,
     validate,
     without_execution,
