@@ -102,8 +102,13 @@ def _child(parent: str, name: str, *parts: Any) -> str:
 
 def toycity_folder(cfg: Mapping[str, Any]) -> str | None:
     """The generated toy benchmark's folder, or None for real datasets."""
+    from proda.data.toycity import FORMAT_VERSION
+
     options = cfg["data"]["toycity"]
-    return None if options is None else f"{cfg['results_dir']}/data/toycity-{digest(options)}"
+    if options is None:
+        return None
+    # the generator's format version is part of the name: a changed generator names new folders
+    return f"{cfg['results_dir']}/data/toycity-{digest({**options, 'version': FORMAT_VERSION})}"
 
 
 def with_toy_roots(cfg: Mapping[str, Any]) -> dict[str, Any]:

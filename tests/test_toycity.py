@@ -127,6 +127,20 @@ def test_domain_shift_is_real_but_keeps_structure(bench):
     assert src[8, 1] > src[8, 0] and tgt[8, 1] > tgt[8, 0]  # vegetation stays greener than red
 
 
+def test_a_new_generator_version_names_new_folders(monkeypatch):
+    """The data folder (and so every model trained on it) is named after the generator's version
+    too: runs on an older benchmark are never reused after the generator changes."""
+    from proda.config import resolve
+    from proda.plan import plan, toycity_folder
+
+    cfg = resolve(Path(__file__).resolve().parents[1] / "config.yaml", checks="schema")
+    before, runs_before = toycity_folder(cfg), plan(cfg).models
+    monkeypatch.setattr(toycity, "FORMAT_VERSION", toycity.FORMAT_VERSION + 1)
+    after, runs_after = toycity_folder(cfg), plan(cfg).models
+    assert before != after and before.rsplit("-", 1)[0] == after.rsplit("-", 1)[0]
+    assert all(runs_before[s] != runs_after[s] for s in runs_before)
+
+
 def test_idempotent_replaces_and_refuses(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     toycity.generate(out, seed=1, **SMALL)

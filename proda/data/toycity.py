@@ -39,7 +39,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: thin objects (poles, signs, lights, two-wheelers, people) drawn wider
 MANIFEST = "toycity.json"
 SOURCE_LAYOUTS = ("gta5", "synthia")
 TRAIN_CITIES = ("toyburg", "pixelheim")
@@ -261,12 +261,12 @@ def _ground(c: Canvas, st: Street) -> None:
 def _roadside_bands(c: Canvas, st: Street) -> None:
     """Walls and fences standing on the outer sidewalk edge."""
     for side in (-1, 1):
-        if c.rng.random() < 0.55:
+        if c.rng.random() < 0.7:
             kind = "wall" if c.rng.random() < 0.5 else "fence"
             t = st.t_of_walk_edge(c.xx, side)
             t0, t1 = np.sort(c.rng.uniform(0.15, 1.2, 2))
             base = st.y(t)
-            height = c.h * c.rng.uniform(0.08, 0.18) * t
+            height = c.h * c.rng.uniform(0.12, 0.25) * t
             band = (t > t0) & (t < t1) & (c.yy <= base) & (c.yy > base - height)
             c.paint(c.full(band), kind, c.colour(kind), "streaks" if kind == "wall" else "flat")
             if kind == "fence":
@@ -284,16 +284,16 @@ def _tree(c: Canvas, st: Street, t: float, side: int) -> None:
 def _pole(c: Canvas, st: Street, t: float, side: int) -> None:
     x, yb, s = st.road_edge(t, side) + side * 0.5 * c.w * (0.004 + st.walk * t), st.y(t), t * c.h
     top = yb - 0.75 * s
-    pw = max(0.6, 0.012 * s)
+    pw = max(1.0, 0.03 * s)
     c.paint(c.rect(x - pw, top, x + pw, yb), "pole", c.colour("pole"))
     kind = c.rng.random()
     if kind < 0.45:  # traffic sign: a disc or a plate on top
         key = "sign" if c.rng.random() < 0.6 else "sign_alt"
-        r = max(1.0, 0.06 * s)
+        r = max(1.5, 0.09 * s)
         shape = c.ellipse(x, top, r, r) if c.rng.random() < 0.5 else c.rect(x - r, top - r, x + r, top + r * 0.8)
         c.paint(shape, "sign", c.colour(key))
     elif kind < 0.8:  # traffic light: a box with one lit lamp
-        bw, bh = max(1.0, 0.035 * s), max(2.0, 0.1 * s)
+        bw, bh = max(1.5, 0.05 * s), max(3.0, 0.15 * s)
         c.paint(c.rect(x - bw, top - bh, x + bw, top + bh * 0.2), "light", c.colour("light"))
         lamp = "lamp_red" if c.rng.random() < 0.5 else "lamp_green"
         cy = top - bh * (0.7 if lamp == "lamp_red" else 0.15)
@@ -330,7 +330,7 @@ def _vehicle(c: Canvas, st: Street, t: float, u: float, scale: float) -> None:
 def _person(c: Canvas, x: float, yb: float, height: float, label: str = "person") -> None:
     c.new_instance()
     clothes = c.colour(c.style.clothes[c.rng.integers(len(c.style.clothes))])
-    wd = max(0.7, 0.14 * height)
+    wd = max(1.0, 0.2 * height)
     c.paint(c.rect(x - wd * 0.8, yb - 0.45 * height, x - wd * 0.1, yb), label, c.colour("wheel"))
     c.paint(c.rect(x + wd * 0.1, yb - 0.45 * height, x + wd * 0.8, yb), label, c.colour("wheel"))
     c.paint(c.ellipse(x, yb - 0.65 * height, wd, 0.25 * height), label, clothes)
@@ -348,11 +348,11 @@ def _two_wheeler(c: Canvas, st: Street, t: float, side: int) -> None:
     c.new_instance()  # the vehicle; its rider is an instance of its own
     x, yb, s = st.road_edge(t, side) - side * 0.08 * c.w * t, st.y(t), t * c.h
     kind = "bicycle" if c.rng.random() < 0.6 else "motorcycle"
-    r = 0.09 * s
+    r = 0.12 * s
     for dx in (-1.2 * r, 1.2 * r):
         c.paint(c.ellipse(x + dx, yb - r, r, r, inner=0.6 if kind == "bicycle" else 0.0), kind, c.colour(kind))
     c.paint(c.rect(x - 1.2 * r, yb - 1.4 * r, x + 1.2 * r, yb - 0.9 * r), kind, c.colour(kind))
-    _person(c, x, yb - 1.1 * r, 0.45 * s, label="rider")
+    _person(c, x, yb - 1.1 * r, 0.55 * s, label="rider")
 
 
 def _void_object(c: Canvas, st: Street, t: float, side: int) -> None:
@@ -410,7 +410,7 @@ def render_instances(rng: np.random.Generator, size: tuple[int, int],
     lo, hi = style.n_persons
     objects += [(t, _pedestrian, (rng.choice([-1, 1]), rng.uniform(0.2, 0.8), rng.uniform(*style.person_scale)))
                 for t in rng.uniform(0.15, 0.95, rng.integers(lo, hi + 1))]
-    if rng.random() < 0.25:
+    if rng.random() < 0.5:
         objects.append((rng.uniform(0.3, 0.9), _two_wheeler, (rng.choice([-1, 1]),)))
     for t, draw, args in sorted(objects, key=lambda o: o[0]):
         draw(c, st, float(t), *(int(a) if isinstance(a, np.integer) else float(a) for a in args))
