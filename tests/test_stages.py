@@ -202,6 +202,17 @@ def test_warmup_step_imports_a_given_checkpoint(toy, tmp_path):
         steps.warmup(cfg, tmp_path / "other.pt", tmp_path / "state")
 
 
+@pytest.mark.parametrize("width", [4, 8])
+def test_warmup_discriminator_width(toy, tmp_path, width):
+    """warmup.d_width sets the discriminator's first-conv width; the exported D has it."""
+    cfg = copy.deepcopy(toy["cfg"])
+    cfg["warmup"].update(iterations=1, d_width=width)
+    steps.warmup(cfg, tmp_path / "warmup/model.pt", tmp_path / "state")
+    disc = load_checkpoint(tmp_path / "warmup/model.pt")["FCDiscriminator"]["model_state"]
+    assert disc["conv1.weight"].shape == (width, 19, 3, 3)
+    assert disc["classifier.weight"].shape == (1, 8 * width, 1, 1)
+
+
 def test_distillation_student_initialisations(toy, tmp_path):
     from proda.models import is_backbone_key
     from proda.train.distill import build_student

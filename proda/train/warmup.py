@@ -34,7 +34,7 @@ class WarmupStage(Stage):
         runtime.place(model)
         groups = finetune_groups(model, w["lr"], w["head_lr_mult"], bool(cfg["parity"]))
         self.student = runtime.wrap(model)
-        self.discriminator = runtime.wrap(runtime.place(FCDiscriminator(cfg["data"]["n_class"])))
+        self.discriminator = runtime.wrap(runtime.place(FCDiscriminator(cfg["data"]["n_class"], ndf=w["d_width"])))
         train = cfg["train"]
         self.optimizers = {
             "G": make_sgd(groups, momentum=train["momentum"], weight_decay=train["weight_decay"],
