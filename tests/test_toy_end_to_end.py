@@ -1,9 +1,10 @@
 """The main job: the whole DAG on the default toy-city config (the README's `make demo`), and what
 its report holds.
 
-On the toy benchmark the method's gains are not yet larger than the spread between seeds (see the
-README), so this test does not assert an ordering of the stages that one seed could break: it checks
-that the demo runs through and that every report artifact is there and consistent.
+The stage ordering asserted is the one the toy study supports across seeds (README, "The study"):
+stage 1 ends above the warm-up on every seed (+2.9 ± 1.1 mIoU over 3 seeds, the smallest gain
++2.1), so ``stage 1 > warm-up`` is not a one-seed accident. Stages 2 and 3 end *below* stage 1 on
+the toy benchmark (the README says why), so no order is asserted for them.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ STAGES = ["warmup", "stage1", "stage2", "stage3"]
 
 
 @pytest.mark.slow
-def test_default_toy_run_writes_its_whole_report(tmp_path):
+def test_default_toy_run_writes_its_whole_report_and_stage1_beats_the_warmup(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "2"]
@@ -35,6 +36,7 @@ def test_default_toy_run_writes_its_whole_report(tmp_path):
     assert list(summary.index) == STAGES
     assert summary.columns[-1] == "mIoU" and len(summary.columns) == 20  # 19 classes + mIoU
     assert summary["mIoU"].between(0, 100).all()
+    assert summary.loc["stage1", "mIoU"] > summary.loc["warmup", "mIoU"], summary["mIoU"]
     for stage in STAGES:
         per_stage = pd.read_csv(res / "eval" / f"{stage}.csv")
         assert list(per_stage.columns) == ["class", "iou"]
