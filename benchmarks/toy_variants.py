@@ -1,0 +1,106 @@
+"""Rerun the toy-benchmark variants of the README's diagnosis ("Diagnosis of the toy benchmark").
+
+Each variant is the study's toy config (``config.yaml``, the seeds of ``config/study.yaml``) with
+one overlay. Snakemake builds only the chain's evaluations up to the stage in question, for every
+seed, sharing every upstream folder with the study (so after ``make study`` only the changed stage
+and what follows it run), and the script prints one Markdown row per variant: the paired margin
+(stage 1 − warm-up, or stage 2 − stage 1) per seed, then its mean ± std::
+
+    python benchmarks/toy_variants.py stage1            # the stage-1 table (6 variants)
+    python benchmarks/toy_variants.py stage2 --dry-run  # list the jobs only
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from proda.config import read_yaml, resolve
+from proda.plan import study
+
+FAST = {"ema_momentum": 0.97, "proto_momentum": 0.02}  # teacher/prototype momenta scaled to 250 iterations
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "stage1": {
+        "kept: official momenta, lr 0.004, 250 iterations": {},
+        "official momenta, lr 0.008": {"stage1": {"lr": 0.008}},
+        "official momenta, 400 iterations": {"stage1": {"iterations": 400}},
+        "momenta 0.97 / 0.02, lr 0.004": {"stage1": FAST},
+        "momenta 0.97 / 0.02, lr 0.008": {"stage1": {**FAST, "lr": 0.008}},
+        "momenta 0.97 / 0.02, lr 0.015": {"stage1": {**FAST, "lr": 0.015}},
+    },
+    "stage2": {
+        "kept: warm-up backbone student, lr 0.004, 200 iterations, threshold 0.8": {},
+        "lr 0.01, 400 iterations": {"stage2": {"lr": 0.01, "iterations": 400}},
+        "lr 0.02": {"stage2": {"lr": 0.02}},
+        "student_init: resume": {"stage2": {"student_init": "resume"}, "stage3": {"ema_bn": False}},
+        "threshold 0.6 (stages 2 and 3)": {"stage2": {"threshold": 0.6}, "stage3": {"threshold": 0.6}},
+    },
+}
+PREVIOUS = {"stage1": "warmup", "stage2": "stage1"}
+
+
+def overlay(stage: str, index: int, change: dict[str, Any]) -> dict[str, Any]:
+    """The variant's config file contents: the study's seeds, its own experiment name, the change."""
+    seeds = read_yaml(REPO / "config" / "study.yaml")["study"]["seeds"]
+    return {"experiment": f"variant-{stage}-{index}", "study": {"seeds": seeds}, **change}
+
+
+def evaluations(cfg: dict[str, Any], stage: str) -> dict[int, dict[str, str]]:
+    """seed -> {stage: evaluation CSV} of the stage and the one before it."""
+    runs = study(cfg)
+    return {seed: {s: runs.plans[name].evals[s] for s in (PREVIOUS[stage], stage)}
+            for seed, name in runs.main.items()}
+
+
+def miou(path: str) -> float:
+    table = pd.read_csv(path)
+    return float(table.loc[table["class"] == "mIoU", "iou"].item())
+
+
+def row(label: str, evals: dict[int, dict[str, str]], stage: str) -> str:
+    margins = [miou(e[stage]) - miou(e[PREVIOUS[stage]]) for e in evals.values()]
+    per_seed = ", ".join(f"{m:+.2f}" for m in margins)
+    return f"| {label} | {per_seed} | {statistics.mean(margins):+.1f} ± {statistics.stdev(margins):.1f} |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=sorted(VARIANTS))
+    parser.add_argument("--cores", default="all")
+    parser.add_argument("--dry-run", action="store_true", help="list the jobs, train nothing")
+    args = parser.parse_args(argv)
+    os.chdir(REPO)  # the plan's paths are relative to the repository (results_dir: results)
+    folder = REPO / "results" / "variants"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, (label, change) in enumerate(VARIANTS[args.stage].items()):
+        config_file = folder / f"{args.stage}-{index}.yaml"
+        config_file.write_text(yaml.safe_dump(overlay(args.stage, index, change)))
+        evals = evaluations(resolve(REPO / "config.yaml", config_file), args.stage)
+        targets = [path for e in evals.values() for path in e.values()]
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(REPO),
+               "--cores", args.cores, "--configfile", str(REPO / "config.yaml"), str(config_file),
+               "--set-threads", "warmup=1", "stage1=1", "distill=1",
+               *(["--dry-run"] if args.dry_run else []), "--", *targets]
+        print(f"# {label}", flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if not args.dry_run else None)
+        if not args.dry_run:
+            rows.append(row(label, evals, args.stage))
+    if rows:
+        print(f"| variant | {args.stage} − {PREVIOUS[args.stage]}, per seed | mean ± std |\n|---|---|---|")
+        print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
