@@ -177,11 +177,18 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path):
         for key, value in a["losses"].items():
             assert b["losses"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (stage, key)
         assert a["grads"].keys() == b["grads"].keys() and a["grads"]
-        for key, value in a["grads"].items():
-            torch.testing.assert_close(b["grads"][key], value, **tol, msg=f"{stage} grad {key}")
-        for part in ("state", "ema"):
-            for key, value in a.get(part, {}).items():
-                torch.testing.assert_close(b[part][key], value, **tol, msg=f"{stage} {part} {key}")
+        # The whole gradient, not each entry: float32 rounding (other summation orders in the
+        # all-reduce and SyncBN) can move a pre-activation across a ReLU or max-pool kink, which
+        # changes a few activations' gradients. Measured: relative error 2e-6 on most draws of the
+        # toy images, 2e-3 on one; a per-rank instead of global normalisation, or BN statistics
+        # of one rank, give errors of order 1e-1.
+        grad_a = torch.cat([value.flatten() for value in a["grads"].values()])
+        grad_b = torch.cat([b["grads"][key].flatten() for key in a["grads"]])
+        assert (grad_b - grad_a).norm() <= 1e-2 * grad_a.norm(), (stage, (grad_b - grad_a).norm() / grad_a.norm())
+        for key, value in a["state"].items():  # one SGD step of lr 0.01 on those gradients
+            torch.testing.assert_close(b["state"][key], value, rtol=1e-5, atol=1e-4, msg=f"{stage} state {key}")
+        for key, value in a.get("ema", {}).items():
+            torch.testing.assert_close(b["ema"][key], value, **tol, msg=f"{stage} ema {key}")
     torch.testing.assert_close(two["stage1"]["prototypes"], one["stage1"]["prototypes"], **tol)
 
 
