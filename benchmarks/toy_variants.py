@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from proda.config import read_yaml, resolve
 from proda.plan import study
+from proda.report import read_eval_csv
 
 FAST = {"ema_momentum": 0.97, "proto_momentum": 0.02}  # teacher/prototype momenta scaled to 250 iterations
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -62,13 +62,8 @@ def evaluations(cfg: dict[str, Any], stage: str) -> dict[int, dict[str, str]]:
             for seed, name in runs.main.items()}
 
 
-def miou(path: str) -> float:
-    table = pd.read_csv(path)
-    return float(table.loc[table["class"] == "mIoU", "iou"].item())
-
-
 def row(label: str, evals: dict[int, dict[str, str]], stage: str) -> str:
-    margins = [miou(e[stage]) - miou(e[PREVIOUS[stage]]) for e in evals.values()]
+    margins = [read_eval_csv(e[stage])["mIoU"] - read_eval_csv(e[PREVIOUS[stage]])["mIoU"] for e in evals.values()]
     per_seed = ", ".join(f"{m:+.2f}" for m in margins)
     return f"| {label} | {per_seed} | {statistics.mean(margins):+.1f} ± {statistics.stdev(margins):.1f} |"
 

@@ -16,7 +16,7 @@ _spec.loader.exec_module(toy_variants)
 
 
 @pytest.mark.parametrize("stage", sorted(toy_variants.VARIANTS))
-def test_variants_share_everything_before_their_stage(stage, tmp_path):
+def test_variants_share_everything_before_their_stage(stage):
     before = toy_variants.PREVIOUS[stage]
     kept = None
     for index, change in enumerate(toy_variants.VARIANTS[stage].values()):
