@@ -39,11 +39,18 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "momenta 0.97 / 0.02, lr 0.015": {"stage1": {**FAST, "lr": 0.015}},
     },
     "stage2": {
-        "kept: warm-up backbone student, lr 0.004, 200 iterations, threshold 0.8": {},
-        "lr 0.01, 400 iterations": {"stage2": {"lr": 0.01, "iterations": 400}},
-        "lr 0.02": {"stage2": {"lr": 0.02}},
-        "student_init: resume": {"stage2": {"student_init": "resume"}, "stage3": {"ema_bn": False}},
-        "threshold 0.6 (stages 2 and 3)": {"stage2": {"threshold": 0.6}, "stage3": {"threshold": 0.6}},
+        "kept: warm-up backbone student, lr 0.004, 800 iterations, threshold 0.8": {},
+        "400 iterations": {"stage2": {"iterations": 400}},
+        "200 iterations": {"stage2": {"iterations": 200}},
+        "200 iterations, lr 0.02": {"stage2": {"iterations": 200, "lr": 0.02}},
+        "400 iterations, lr 0.01": {"stage2": {"iterations": 400, "lr": 0.01}},
+        "200 iterations, student_init: resume": {"stage2": {"iterations": 200, "student_init": "resume"},
+                                                 "stage3": {"ema_bn": False}},
+        "200 iterations, threshold 0.6 (stages 2 and 3)": {"stage2": {"iterations": 200, "threshold": 0.6},
+                                                            "stage3": {"threshold": 0.6}},
+        "200 iterations, threshold 0.9": {"stage2": {"iterations": 200, "threshold": 0.9}},
+        "200 iterations, no bn_pretrain (bn_clr: false)": {"stage2": {"iterations": 200, "bn_clr": False}},
+        "200 iterations, student on the weak view (S_pseudo: 0)": {"stage2": {"iterations": 200, "S_pseudo": 0}},
     },
 }
 PREVIOUS = {"stage1": "warmup", "stage2": "stage1"}
