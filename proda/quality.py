@@ -154,7 +154,7 @@ def rectified_label_quality(model: nn.Module, prototypes: Tensor, soft_store: So
                             dataset: Dataset, temperature: float, threshold: float = 0.0,
                             device: str | torch.device = "cpu", train_mode: bool = True, *,
                             batch_size: int = 4, resolution: str = "feat", num_workers: int = 0,
-                            progress: bool = True) -> dict[str, float]:
+                            seed: int = 0, progress: bool = True) -> dict[str, float]:
     """:func:`label_quality` of the prototype-rectified pseudo labels stage 1 trains on (§4.2
     step 5), computed on full images.
 
@@ -162,8 +162,9 @@ def rectified_label_quality(model: nn.Module, prototypes: Tensor, soft_store: So
     batches of ``batch_size`` full images (the official EMA forward takes the 4 full images of a
     training batch); ``train_mode`` runs it in train mode as the official EMA teacher does (Q5:
     batch-statistics BN, active dropout on ``feat``), else in eval mode. Its train/eval mode and
-    buffers (BN running statistics) are restored afterwards. ``feat`` and the soft labels ``q``
-    are resized (bilinear, align_corners=True) to the ``resolution``: ``"feat"`` (the native
+    buffers (BN running statistics) are restored afterwards; the train-mode dropout masks are
+    drawn from ``seed`` (the global RNG state is left as it was), so the measurement repeats
+    exactly. ``feat`` and the soft labels ``q`` are resized (bilinear, align_corners=True) to the ``resolution``: ``"feat"`` (the native
     feature size) or ``"quarter"`` (image size / 4, as stage 1 does); then ``ω =
     rectification_weights(feat, prototypes, temperature)``, labels = ``rectify_pseudo_labels(q,
     ω, threshold)``, nearest-upsampled to the label size. ``prototypes`` (C×D): the initial ones
@@ -186,7 +187,8 @@ def rectified_label_quality(model: nn.Module, prototypes: Tensor, soft_store: So
     saved = [b.detach().clone() for b in model.buffers()]
     try:
         model.train(train_mode)
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
             for batch in tqdm(loader, desc="rectified-label quality", unit="batch",
                               disable=not progress):
                 x = batch["img"].to(dev, torch.float32)

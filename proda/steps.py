@@ -362,7 +362,7 @@ def label_quality(cfg: Mapping[str, Any], *, warmup: PathLike, stage1: PathLike,
         with runtime.autocast():
             scores = rectified_label_quality(model, protos.to(runtime.device), store, dataset, s1["proto_temperature"],
                                              s1["train_thred"], device=runtime.device, train_mode=not s1["ema_eval"],
-                                             batch_size=cfg["data"]["batch_size"])
+                                             batch_size=cfg["data"]["batch_size"], seed=cfg["seed"])
         rows.append({"artifact": name, **scores})
     for name, path, stage in (("hard labels, stage 1", hard_stage1, "stage2"),
                               ("hard labels, stage 2", hard_stage2, "stage3")):

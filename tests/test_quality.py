@@ -179,6 +179,19 @@ def test_rectified_labels_on_a_tiny_deeplab(toy) -> None:
     assert got == pytest.approx(label_quality(expected, gts, C), nan_ok=True)
 
 
+def test_rectified_label_quality_repeats_exactly_in_train_mode(toy) -> None:
+    """Train mode draws dropout masks on ``feat``: they come from ``seed``, not the global RNG."""
+    _, dataset, model, soft = toy
+    protos = torch.randn(C, model.feat_dim)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    runs = [rectified_label_quality(model, protos, soft, dataset, temperature=1.0, batch_size=2, seed=seed,
+                                    progress=False) for seed in (7, 7, 8)]
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG stream is untouched
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]  # another seed draws other masks (the run above is not dropout-free)
+
+
 def test_checkpoint_prototypes(toy, tmp_path) -> None:
     _, _, model, _ = toy
     protos = torch.randn(C, model.feat_dim)
