@@ -3,10 +3,10 @@
 Each variant is the study's toy config (``config.yaml``, the seeds of ``config/study.yaml``) with
 one overlay. Snakemake builds only the chain's evaluations up to the stage in question, for every
 seed, sharing every upstream folder with the study (so after ``make study`` only the changed stage
-and what follows it run), and the script prints one Markdown row per variant: the paired margin
+and what follows it run; the wider-network variant trains its own warm-up), and the script prints one Markdown row per variant: the paired margin
 (stage 1 − warm-up, or stage 2 − stage 1) per seed, then its mean ± std::
 
-    python benchmarks/toy_variants.py stage1            # the stage-1 table (6 variants)
+    python benchmarks/toy_variants.py stage1            # the stage-1 table (7 variants)
     python benchmarks/toy_variants.py stage2 --dry-run  # list the jobs only
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "momenta 0.97 / 0.02, lr 0.004": {"stage1": FAST},
         "momenta 0.97 / 0.02, lr 0.008": {"stage1": {**FAST, "lr": 0.008}},
         "momenta 0.97 / 0.02, lr 0.015": {"stage1": {**FAST, "lr": 0.015}},
+        "a 1.5x wider toy network (model.base_width 24; its own warm-up)": {"model": {"base_width": 24}},
     },
     "stage2": {
         "kept: warm-up backbone student, lr 0.004, 800 iterations, threshold 0.8": {},
