@@ -3,8 +3,9 @@
 Each variant is the study's toy config (``config.yaml``, the seeds of ``config/study.yaml``) with
 one overlay. Snakemake builds only the chain's evaluations up to the stage in question, for every
 seed, sharing every upstream folder with the study (so after ``make study`` only the changed stage
-and what follows it run; the wider-network variant trains its own warm-up), and the script prints one Markdown row per variant: the paired margin
-(stage 1 − warm-up, or stage 2 − stage 1) per seed, then its mean ± std::
+and what follows it run; the wider-network variant trains its own warm-up), and the script prints
+one Markdown row per variant: the paired margin (stage 1 − warm-up, or stage 2 − stage 1) per
+seed, then its mean ± std::
 
     python benchmarks/toy_variants.py stage1            # the stage-1 table (7 variants)
     python benchmarks/toy_variants.py stage2 --dry-run  # list the jobs only

@@ -164,8 +164,9 @@ def rectified_label_quality(model: nn.Module, prototypes: Tensor, soft_store: So
     batch-statistics BN, active dropout on ``feat``), else in eval mode. Its train/eval mode and
     buffers (BN running statistics) are restored afterwards; the train-mode dropout masks are
     drawn from ``seed`` (the global RNG state is left as it was), so the measurement repeats
-    exactly. ``feat`` and the soft labels ``q`` are resized (bilinear, align_corners=True) to the ``resolution``: ``"feat"`` (the native
-    feature size) or ``"quarter"`` (image size / 4, as stage 1 does); then ``ω =
+    exactly. ``feat`` and the soft labels ``q`` are resized (bilinear, align_corners=True) to the
+    ``resolution``: ``"feat"`` (the native feature size) or ``"quarter"`` (image size / 4, as
+    stage 1 does); then ``ω =
     rectification_weights(feat, prototypes, temperature)``, labels = ``rectify_pseudo_labels(q,
     ω, threshold)``, nearest-upsampled to the label size. ``prototypes`` (C×D): the initial ones
     (``proda.prototypes.load_prototypes(path)[0]``) or a stage-1 checkpoint's final ones
