@@ -7,7 +7,7 @@ and what follows it run; the wider-network variant trains its own warm-up), and 
 one Markdown row per variant: the paired margin (stage 1 − warm-up, or stage 2 − stage 1) per
 seed, then its mean ± std::
 
-    python benchmarks/toy_variants.py stage1            # the stage-1 table (7 variants)
+    python benchmarks/toy_variants.py stage1            # the stage-1 table (9 variants)
     python benchmarks/toy_variants.py stage2 --dry-run  # list the jobs only
 """
 from __future__ import annotations
@@ -30,29 +30,38 @@ from proda.plan import study
 from proda.report import read_eval_csv
 
 FAST = {"ema_momentum": 0.97, "proto_momentum": 0.02}  # teacher/prototype momenta scaled to 250 iterations
+T1 = {"proto_temperature": 1.0}  # the official temperature: the toy's setting before stage 1's retuning
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "stage1": {
-        "kept: official momenta, lr 0.004, 250 iterations": {},
-        "official momenta, lr 0.008": {"stage1": {"lr": 0.008}},
-        "official momenta, 400 iterations": {"stage1": {"iterations": 400}},
-        "momenta 0.97 / 0.02, lr 0.004": {"stage1": FAST},
-        "momenta 0.97 / 0.02, lr 0.008": {"stage1": {**FAST, "lr": 0.008}},
-        "momenta 0.97 / 0.02, lr 0.015": {"stage1": {**FAST, "lr": 0.015}},
-        "a 1.5x wider toy network (model.base_width 24; its own warm-up)": {"model": {"base_width": 24}},
+        "kept: prototype temperature 3, official momenta, lr 0.004, 250 iterations": {},
+        "temperature 10": {"stage1": {"proto_temperature": 10.0}},
+        "temperature 1 (official)": {"stage1": T1},
+        "temperature 1, lr 0.008": {"stage1": {**T1, "lr": 0.008}},
+        "temperature 1, 400 iterations": {"stage1": {**T1, "iterations": 400}},
+        "temperature 1, momenta 0.97 / 0.02, lr 0.004": {"stage1": {**T1, **FAST}},
+        "temperature 1, momenta 0.97 / 0.02, lr 0.008": {"stage1": {**T1, **FAST, "lr": 0.008}},
+        "temperature 1, momenta 0.97 / 0.02, lr 0.015": {"stage1": {**T1, **FAST, "lr": 0.015}},
+        "temperature 1, a 1.5x wider toy network (model.base_width 24; its own warm-up)":
+            {"stage1": T1, "model": {"base_width": 24}},
     },
+    # Measured on the stage 1 of that time (temperature 1) except the first row: each such variant
+    # carries that setting, so its rows map to the runs they came from.
     "stage2": {
         "kept: warm-up backbone student, lr 0.004, 800 iterations, threshold 0.8": {},
-        "400 iterations": {"stage2": {"iterations": 400}},
-        "200 iterations": {"stage2": {"iterations": 200}},
-        "200 iterations, lr 0.02": {"stage2": {"iterations": 200, "lr": 0.02}},
-        "400 iterations, lr 0.01": {"stage2": {"iterations": 400, "lr": 0.01}},
-        "200 iterations, student_init: resume": {"stage2": {"iterations": 200, "student_init": "resume"},
-                                                 "stage3": {"ema_bn": False}},
-        "200 iterations, threshold 0.6 (stages 2 and 3)": {"stage2": {"iterations": 200, "threshold": 0.6},
-                                                            "stage3": {"threshold": 0.6}},
-        "200 iterations, threshold 0.9": {"stage2": {"iterations": 200, "threshold": 0.9}},
-        "200 iterations, no bn_pretrain (bn_clr: false)": {"stage2": {"iterations": 200, "bn_clr": False}},
-        "200 iterations, student on the weak view (S_pseudo: 0)": {"stage2": {"iterations": 200, "S_pseudo": 0}},
+        "the same, after a temperature-1 stage 1": {"stage1": T1},
+        "400 iterations": {"stage1": T1, "stage2": {"iterations": 400}},
+        "200 iterations": {"stage1": T1, "stage2": {"iterations": 200}},
+        "200 iterations, lr 0.02": {"stage1": T1, "stage2": {"iterations": 200, "lr": 0.02}},
+        "400 iterations, lr 0.01": {"stage1": T1, "stage2": {"iterations": 400, "lr": 0.01}},
+        "200 iterations, student_init: resume":
+            {"stage1": T1, "stage2": {"iterations": 200, "student_init": "resume"}, "stage3": {"ema_bn": False}},
+        "200 iterations, threshold 0.6 (stages 2 and 3)":
+            {"stage1": T1, "stage2": {"iterations": 200, "threshold": 0.6}, "stage3": {"threshold": 0.6}},
+        "200 iterations, threshold 0.9": {"stage1": T1, "stage2": {"iterations": 200, "threshold": 0.9}},
+        "200 iterations, no bn_pretrain (bn_clr: false)":
+            {"stage1": T1, "stage2": {"iterations": 200, "bn_clr": False}},
+        "200 iterations, student on the weak view (S_pseudo: 0)":
+            {"stage1": T1, "stage2": {"iterations": 200, "S_pseudo": 0}},
     },
 }
 PREVIOUS = {"stage1": "warmup", "stage2": "stage1"}

@@ -1,6 +1,6 @@
 """The README's toy-benchmark variants (benchmarks/toy_variants.py): valid configs; a variant that
-changes only its stage (and later ones) shares the study's upstream runs, one that changes
-anything else (the network) trains its own."""
+changes only its stage (and later ones) shares the study's upstream runs, and variants that change
+the same thing upstream (the network, or stage 1 for a stage-2 variant) share their own."""
 from __future__ import annotations
 
 import importlib.util
@@ -17,23 +17,23 @@ _spec.loader.exec_module(toy_variants)
 
 
 @pytest.mark.parametrize("stage", sorted(toy_variants.VARIANTS))
-def test_variants_share_everything_before_their_stage(stage):
+def test_variants_share_exactly_the_upstream_they_do_not_change(stage):
     before = toy_variants.PREVIOUS[stage]
     later = {"stage1": {"stage1", "stage2", "stage3"}, "stage2": {"stage2", "stage3"}}[stage]
-    kept = None
+    seeds = sorted(resolve(REPO / "config" / "study.yaml", checks="schema")["study"]["seeds"])
+    upstream: dict[str, dict[int, str]] = {}   # the change outside the later stages -> seed -> run
+    own: set[str] = set()
     for index, change in enumerate(toy_variants.VARIANTS[stage].values()):
         cfg = resolve(REPO / "config.yaml", toy_variants.overlay(stage, index, change), checks="schema")
         evals = toy_variants.evaluations(cfg, stage)
-        assert sorted(evals) == sorted(resolve(REPO / "config" / "study.yaml", checks="schema")["study"]["seeds"])
-        if kept is None:
-            kept = evals
-            continue
-        for seed, paths in evals.items():
-            if set(change) <= later:
-                assert paths[before] == kept[seed][before]   # the same upstream run
-            else:
-                assert paths[before] != kept[seed][before]   # e.g. another network: its own warm-up
-            assert paths[stage] != kept[seed][stage]     # its own run of the stage
+        assert sorted(evals) == seeds
+        outside = repr(sorted((k, v) for k, v in change.items() if k not in later))
+        runs = {seed: paths[before] for seed, paths in evals.items()}
+        assert upstream.setdefault(outside, runs) == runs   # same upstream change: the same runs
+        own.update(paths[stage] for paths in evals.values())
+    chains = [run for runs in upstream.values() for run in runs.values()]
+    assert len(set(chains)) == len(chains)                  # another upstream change: its own runs
+    assert len(own) == len(seeds) * len(toy_variants.VARIANTS[stage])   # each variant its own stage
 
 
 def test_margin_row_is_paired_by_seed(tmp_path):
