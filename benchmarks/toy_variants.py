@@ -4,8 +4,8 @@ Each variant is the study's toy config (``config.yaml``, the seeds of ``config/s
 one overlay. Snakemake builds only the chain's evaluations up to the stage in question, for every
 seed, sharing every upstream folder with the study (so after ``make study`` only the changed stage
 and what follows it run; the wider-network variant trains its own warm-up), and the script prints
-one Markdown row per variant: the paired margin (stage 1 − warm-up, or stage 2 − stage 1) per
-seed, then its mean ± std::
+one Markdown row per variant: the paired margin (stage 1 − warm-up, stage 2 − stage 1 or
+stage 3 − stage 2) per seed, then its mean ± std::
 
     python benchmarks/toy_variants.py stage1            # the stage-1 table (9 variants)
     python benchmarks/toy_variants.py stage2 --dry-run  # list the jobs only
@@ -63,8 +63,15 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "200 iterations, student on the weak view (S_pseudo: 0)":
             {"stage1": T1, "stage2": {"iterations": 200, "S_pseudo": 0}},
     },
+    "stage3": {
+        "kept: resumed from stage 2, lr 0.002, 200 iterations, threshold 0.8": {},
+        "lr 0.001": {"stage3": {"lr": 0.001}},
+        "100 iterations": {"stage3": {"iterations": 100}},
+        "400 iterations": {"stage3": {"iterations": 400}},
+        "threshold 0.9": {"stage3": {"threshold": 0.9}},
+    },
 }
-PREVIOUS = {"stage1": "warmup", "stage2": "stage1"}
+PREVIOUS = {"stage1": "warmup", "stage2": "stage1", "stage3": "stage2"}
 
 
 def overlay(stage: str, index: int, change: dict[str, Any]) -> dict[str, Any]:
