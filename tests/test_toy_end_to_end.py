@@ -2,9 +2,12 @@
 its report holds.
 
 The stage ordering asserted is the one the toy study supports across seeds (README, "The study"):
-stage 1 ends above the warm-up on every seed (+2.9 ± 1.1 mIoU over 3 seeds, the smallest gain
-+2.1), so ``stage 1 > warm-up`` is not a one-seed accident. Stages 2 and 3 end *below* stage 1 on
-the toy benchmark (the README says why), so no order is asserted for them.
+every stage ends clearly above the warm-up. Stage 1 gains +6.8 ± 0.2 mIoU over 3 single-threaded
+seeds (smallest +6.6), stages 2 and 3 at least +7.6 and +6.1; this 2-thread run on the README's
+machine gained +4.6, +5.2 and +5.5 (other kernels, other sums). The test asks for +2, so it is no
+one-seed or one-machine accident. Stage 2 against stage 1 (+1.8 ± 1.1) and stage 3 against stage 2
+(−0.9 ± 0.7) are within two standard deviations of a tie across seeds, so no order between them is
+asserted.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ STAGES = ["warmup", "stage1", "stage2", "stage3"]
 
 
 @pytest.mark.slow
-def test_default_toy_run_writes_its_whole_report_and_stage1_beats_the_warmup(tmp_path):
+def test_default_toy_run_writes_its_whole_report_and_every_stage_beats_the_warmup(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "2"]
@@ -36,7 +39,8 @@ def test_default_toy_run_writes_its_whole_report_and_stage1_beats_the_warmup(tmp
     assert list(summary.index) == STAGES
     assert summary.columns[-1] == "mIoU" and len(summary.columns) == 20  # 19 classes + mIoU
     assert summary["mIoU"].between(0, 100).all()
-    assert summary.loc["stage1", "mIoU"] > summary.loc["warmup", "mIoU"], summary["mIoU"]
+    gains = summary["mIoU"] - summary.loc["warmup", "mIoU"]
+    assert (gains[STAGES[1:]] > 2).all(), summary["mIoU"]
     for stage in STAGES:
         per_stage = pd.read_csv(res / "eval" / f"{stage}.csv")
         assert list(per_stage.columns) == ["class", "iou"]
