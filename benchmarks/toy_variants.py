@@ -69,6 +69,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "100 iterations": {"stage3": {"iterations": 100}},
         "400 iterations": {"stage3": {"iterations": 400}},
         "threshold 0.9": {"stage3": {"threshold": 0.9}},
+        "a new student like stage 2's (warm-up backbone, lr 0.004, 800 iterations)":
+            {"stage3": {"student_init": "warmup_backbone", "iterations": 800, "lr": 0.004}},
     },
 }
 PREVIOUS = {"stage1": "warmup", "stage2": "stage1", "stage3": "stage2"}
