@@ -166,11 +166,10 @@ def rectified_label_quality(model: nn.Module, prototypes: Tensor, soft_store: So
     drawn from ``seed`` (the global RNG state is left as it was), so the measurement repeats
     exactly. ``feat`` and the soft labels ``q`` are resized (bilinear, align_corners=True) to the
     ``resolution``: ``"feat"`` (the native feature size) or ``"quarter"`` (image size / 4, as
-    stage 1 does); then ``ω =
-    rectification_weights(feat, prototypes, temperature)``, labels = ``rectify_pseudo_labels(q,
-    ω, threshold)``, nearest-upsampled to the label size. ``prototypes`` (C×D): the initial ones
-    (``proda.prototypes.load_prototypes(path)[0]``) or a stage-1 checkpoint's final ones
-    (:func:`checkpoint_prototypes`).
+    stage 1 does); then ``ω = rectification_weights(feat, prototypes, temperature)``, labels =
+    ``rectify_pseudo_labels(q, ω, threshold)``, nearest-upsampled to the label size.
+    ``prototypes`` (C×D): the initial ones (``proda.prototypes.load_prototypes(path)[0]``) or a
+    stage-1 checkpoint's final ones (:func:`checkpoint_prototypes`).
     """
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
