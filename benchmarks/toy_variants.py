@@ -44,8 +44,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "temperature 1, a 1.5x wider toy network (model.base_width 24; its own warm-up)":
             {"stage1": T1, "model": {"base_width": 24}},
     },
-    # Measured on the stage 1 of that time (temperature 1) except the first row: each such variant
-    # carries that setting, so its rows map to the runs they came from.
+    # Measured on the stage 1 of that time (temperature 1) except the first and the last row: each
+    # such variant carries that setting, so its rows map to the runs they came from.
     "stage2": {
         "kept: warm-up backbone student, lr 0.004, 800 iterations, threshold 0.8": {},
         "the same, after a temperature-1 stage 1": {"stage1": T1},
@@ -62,15 +62,19 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
             {"stage1": T1, "stage2": {"iterations": 200, "bn_clr": False}},
         "200 iterations, student on the weak view (S_pseudo: 0)":
             {"stage1": T1, "stage2": {"iterations": 200, "S_pseudo": 0}},
+        "distillation weight 19 in stages 2 and 3 (about a per-pixel KL)":
+            {"stage2": {"distillation": 19.0}, "stage3": {"distillation": 19.0}},
     },
     "stage3": {
         "kept: resumed from stage 2, lr 0.002, 200 iterations, threshold 0.8": {},
         "lr 0.001": {"stage3": {"lr": 0.001}},
+        "lr 0.0002": {"stage3": {"lr": 0.0002}},
         "100 iterations": {"stage3": {"iterations": 100}},
         "400 iterations": {"stage3": {"iterations": 400}},
         "threshold 0.9": {"stage3": {"threshold": 0.9}},
         "a new student like stage 2's (warm-up backbone, lr 0.004, 800 iterations)":
             {"stage3": {"student_init": "warmup_backbone", "iterations": 800, "lr": 0.004}},
+        "distillation weight 19 (about a per-pixel KL)": {"stage3": {"distillation": 19.0}},
     },
 }
 PREVIOUS = {"stage1": "warmup", "stage2": "stage1", "stage3": "stage2"}

@@ -1,13 +1,15 @@
 """The main job: the whole DAG on the default toy-city config (the README's `make demo`), and what
 its report holds.
 
-The stage ordering asserted is the one the toy study supports across seeds (README, "The study"):
-every stage ends clearly above the warm-up. Stage 1 gains +6.8 ± 0.2 mIoU over 3 single-threaded
+The stage ordering asserted is the one the toy study supports across seeds (README, "The study").
+Every stage ends clearly above the warm-up: stage 1 gains +6.8 ± 0.2 mIoU over 3 single-threaded
 seeds (smallest +6.6), stages 2 and 3 at least +7.6 and +6.1; this 2-thread run on the README's
 machine gained +4.6, +5.2 and +5.5 (other kernels, other sums). The test asks for +2, so it is no
 one-seed or one-machine accident. Stage 2 against stage 1 (+1.8 ± 1.1) and stage 3 against stage 2
-(−0.9 ± 0.7) are within two standard deviations of a tie across seeds, so no order between them is
-asserted.
+(−0.9 ± 0.7) are within two standard deviations of a tie across seeds, so each is only held to its
+study mean minus three standard deviations: stage 2 ≥ stage 1 − 1.5, stage 3 ≥ stage 2 − 3.0
+(the seeds' worst: +0.94 and −1.46; this run: +0.56 and +0.37). A later stage that falls apart,
+as stage 3 with 19 times the distillation weight did on seed 1337 (−3.5), fails it.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ STAGES = ["warmup", "stage1", "stage2", "stage3"]
 
 
 @pytest.mark.slow
-def test_default_toy_run_writes_its_whole_report_and_every_stage_beats_the_warmup(tmp_path):
+def test_default_toy_run_writes_its_whole_report_and_keeps_the_stage_ordering(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "2"]
@@ -41,6 +43,8 @@ def test_default_toy_run_writes_its_whole_report_and_every_stage_beats_the_warmu
     assert summary["mIoU"].between(0, 100).all()
     gains = summary["mIoU"] - summary.loc["warmup", "mIoU"]
     assert (gains[STAGES[1:]] > 2).all(), summary["mIoU"]
+    margins = summary["mIoU"].diff()
+    assert margins["stage2"] >= -1.5 and margins["stage3"] >= -3.0, summary["mIoU"]
     for stage in STAGES:
         per_stage = pd.read_csv(res / "eval" / f"{stage}.csv")
         assert list(per_stage.columns) == ["class", "iou"]
