@@ -9,6 +9,7 @@ moved into each view, and prints mIoU, pixel accuracy and the IoU of the named c
 
     python benchmarks/strong_view_teacher.py                     # 100 crops per seed
     python benchmarks/strong_view_teacher.py --images 40 --classes vegetation sky
+    python benchmarks/strong_view_teacher.py --overlay results/variants/stage1-9.yaml  # a variant's chain
 """
 from __future__ import annotations
 
@@ -65,10 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100, help="target train crops per seed")
     parser.add_argument("--classes", nargs="+", default=["vegetation", "building"], help="classes to show")
+    parser.add_argument("--overlay", type=Path, help="a config file merged over the study's (e.g. a variant's)")
     args = parser.parse_args(argv)
     os.chdir(REPO)  # the plan's paths are relative to the repository (results_dir: results)
     torch.set_num_threads(1)
-    runs = study(resolve(REPO / "config.yaml", REPO / "config" / "study.yaml"))
+    overlays = [args.overlay.resolve()] if args.overlay else []
+    runs = study(resolve(REPO / "config.yaml", REPO / "config" / "study.yaml", *overlays))
     names = class_names(int(runs.plans[runs.main[runs.seeds[0]]].config["data"]["n_class"]))
     unknown = [c for c in args.classes if c not in names]
     if unknown:

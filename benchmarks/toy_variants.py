@@ -3,11 +3,11 @@
 Each variant is the study's toy config (``config.yaml``, the seeds of ``config/study.yaml``) with
 one overlay. Snakemake builds only the chain's evaluations up to the stage in question, for every
 seed, sharing every upstream folder with the study (so after ``make study`` only the changed stage
-and what follows it run; the wider-network variant trains its own warm-up), and the script prints
-one Markdown row per variant: the paired margin (stage 1 − warm-up, stage 2 − stage 1 or
-stage 3 − stage 2) per seed, then its mean ± std::
+and what follows it run; the wider-network and relit-source variants train their own warm-up),
+and the script prints one Markdown row per variant: the paired margin (stage 1 − warm-up,
+stage 2 − stage 1 or stage 3 − stage 2) per seed, then its mean ± std::
 
-    python benchmarks/toy_variants.py stage1            # the stage-1 table (9 variants)
+    python benchmarks/toy_variants.py stage1            # the stage-1 table (10 variants)
     python benchmarks/toy_variants.py stage2 --dry-run  # list the jobs only
 """
 from __future__ import annotations
@@ -31,6 +31,8 @@ from proda.report import read_eval_csv
 
 FAST = {"ema_momentum": 0.97, "proto_momentum": 0.02}  # teacher/prototype momenta scaled to 250 iterations
 T1 = {"proto_temperature": 1.0}  # the official temperature: the toy's setting before stage 1's retuning
+RELIT_LABEL = "source images relit (data.toycity.source_lighting 0.7; its own data and warm-up)"
+RELIT = {"data": {"toycity": {"source_lighting": 0.7}}}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "stage1": {
         "kept: prototype temperature 3, official momenta, lr 0.004, 250 iterations": {},
@@ -43,9 +45,10 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "temperature 1, momenta 0.97 / 0.02, lr 0.015": {"stage1": {**T1, **FAST, "lr": 0.015}},
         "temperature 1, a 1.5x wider toy network (model.base_width 24; its own warm-up)":
             {"stage1": T1, "model": {"base_width": 24}},
+        RELIT_LABEL: RELIT,
     },
-    # Measured on the stage 1 of that time (temperature 1) except the first and the last row: each
-    # such variant carries that setting, so its rows map to the runs they came from.
+    # Measured on the stage 1 of that time (temperature 1) except the first and the last two rows:
+    # each such variant carries that setting, so its rows map to the runs they came from.
     "stage2": {
         "kept: warm-up backbone student, lr 0.004, 800 iterations, threshold 0.8": {},
         "the same, after a temperature-1 stage 1": {"stage1": T1},
@@ -64,6 +67,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
             {"stage1": T1, "stage2": {"iterations": 200, "S_pseudo": 0}},
         "distillation weight 19 in stages 2 and 3 (about a per-pixel KL)":
             {"stage2": {"distillation": 19.0}, "stage3": {"distillation": 19.0}},
+        RELIT_LABEL: RELIT,
     },
     "stage3": {
         "kept: resumed from stage 2, lr 0.002, 200 iterations, threshold 0.8": {},
@@ -75,6 +79,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "a new student like stage 2's (warm-up backbone, lr 0.004, 800 iterations)":
             {"stage3": {"student_init": "warmup_backbone", "iterations": 800, "lr": 0.004}},
         "distillation weight 19 (about a per-pixel KL)": {"stage3": {"distillation": 19.0}},
+        RELIT_LABEL: RELIT,
     },
 }
 PREVIOUS = {"stage1": "warmup", "stage2": "stage1", "stage3": "stage2"}

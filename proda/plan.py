@@ -107,8 +107,10 @@ def toycity_folder(cfg: Mapping[str, Any]) -> str | None:
     options = cfg["data"]["toycity"]
     if options is None:
         return None
-    # the generator's format version is part of the name: a changed generator names new folders
-    return f"{cfg['results_dir']}/data/toycity-{digest({**options, 'version': FORMAT_VERSION})}"
+    # the generator's format version is part of the name: a changed generator names new folders;
+    # source_lighting 0 writes the same files as no source_lighting, so it names the same folder
+    named = {k: v for k, v in options.items() if not (k == "source_lighting" and not v)}
+    return f"{cfg['results_dir']}/data/toycity-{digest({**named, 'version': FORMAT_VERSION})}"
 
 
 def with_toy_roots(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -141,6 +141,17 @@ def test_a_new_generator_version_names_new_folders(monkeypatch):
     assert all(runs_before[s] != runs_after[s] for s in runs_before)
 
 
+def test_source_lighting_zero_names_the_folder_of_no_lighting():
+    from proda.config import resolve
+    from proda.plan import toycity_folder
+
+    cfg = resolve(Path(__file__).resolve().parents[1] / "config.yaml", checks="schema")
+    toy = {k: v for k, v in cfg["data"]["toycity"].items() if k != "source_lighting"}
+    folders = [toycity_folder({**cfg, "data": {**cfg["data"], "toycity": {**toy, **extra}}})
+               for extra in ({}, {"source_lighting": 0.0}, {"source_lighting": 0.5})]
+    assert folders[0] == folders[1] != folders[2]
+
+
 def test_idempotent_replaces_and_refuses(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     toycity.generate(out, seed=1, **SMALL)
@@ -262,7 +273,39 @@ def test_manifest_without_layout_is_a_gta5_benchmark(tmp_path):
     assert (out / "gta5/images/00001.png").stat().st_mtime_ns == stamp
 
 
+def test_source_lighting_relights_only_the_source_images(tmp_path):
+    plain = toycity.generate(tmp_path / "plain", seed=3, **SMALL)
+    lit = toycity.generate(tmp_path / "lit", seed=3, source_lighting=0.7, **SMALL)
+    assert "source_lighting" not in json.loads((tmp_path / "plain" / toycity.MANIFEST).read_text())
+    assert json.loads((tmp_path / "lit" / toycity.MANIFEST).read_text())["source_lighting"] == 0.7
+    assert tree_hashes(plain["target"]) == tree_hashes(lit["target"])
+    a, b = GTA5Dataset(plain["source"], size=None), GTA5Dataset(lit["source"], size=None)
+    for i in range(len(a)):
+        (img_a, lbl_a), (img_b, lbl_b) = a.load_pil(i), b.load_pil(i)
+        assert np.array_equal(lbl_a, lbl_b)                          # same scenes
+        x, y = np.asarray(img_a, np.float32), np.asarray(img_b, np.float32)
+        assert not np.array_equal(x, y) and y.mean() <= x.mean() + 0.5   # factors <= 1 only darken
+        assert y.std() <= x.std() + 0.5                                   # and flatten the contrast
+
+
+def test_relight_applies_the_pil_enhancements():
+    from PIL import ImageEnhance
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    assert toycity.relight(img, np.random.default_rng(1), 0.0) is img
+    colour, contrast, brightness = np.random.default_rng(1).uniform(0.5, 1, 3)
+    pil = Image.fromarray(img)
+    for enhance, factor in ((ImageEnhance.Color, colour), (ImageEnhance.Contrast, contrast),
+                            (ImageEnhance.Brightness, brightness)):
+        pil = enhance(pil).enhance(factor)
+    ours = toycity.relight(img, np.random.default_rng(1), 0.5).astype(int)
+    assert np.abs(ours - np.asarray(pil, int)).max() <= 3   # PIL rounds to uint8 after each step
+
+
 def test_bad_options():
+    with pytest.raises(ValueError, match="source_lighting"):
+        toycity.generate("/nonexistent/never", source_lighting=1.0)
     with pytest.raises(ValueError, match="source_layout"):
         toycity.generate("/nonexistent/never", source_layout="cityscapes")
     with pytest.raises(ValueError, match="n_target_val"):

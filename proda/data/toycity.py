@@ -460,12 +460,27 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
 
 
-def _write_source(root: Path, seed: int, n: int, size: tuple[int, int]) -> None:
+def relight(img: np.ndarray, rng: np.random.Generator, amplitude: float) -> np.ndarray:
+    """Per-image lighting of a uint8 RGB image: brightness, contrast and saturation factors, each
+    drawn from U(1 − amplitude, 1) and applied as PIL's ``ImageEnhance`` does (colour, then
+    contrast about the mean grey, then brightness). ``amplitude`` 0 returns ``img`` unchanged."""
+    if amplitude == 0:
+        return img
+    colour, contrast, brightness = rng.uniform(1 - amplitude, 1, 3)
+    x = img.astype(np.float32)
+    grey = x @ np.float32([0.299, 0.587, 0.114])
+    x = grey[..., None] + colour * (x - grey[..., None])
+    x = grey.mean() + contrast * (x - grey.mean())
+    return np.clip(np.rint(brightness * x), 0, 255).astype(np.uint8)
+
+
+def _write_source(root: Path, seed: int, n: int, size: tuple[int, int], lighting: float = 0.0) -> None:
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     palette = _gta5_palette()
     for i in range(1, n + 1):
         img, ids = render(_rng(seed, 0, 0, i), size, SOURCE_STYLE)
+        img = relight(img, _rng(seed, 0, 2, i), lighting)
         _save_png(root / "images" / f"{i:05d}.png", img)
         _save_png(root / "labels" / f"{i:05d}.png", ids, palette)
     _save_split_mat(root / "split.mat", n)
@@ -485,14 +500,14 @@ def synthia_label(ids: np.ndarray, inst: np.ndarray) -> np.ndarray:
     return bgr
 
 
-def _write_source_synthia(root: Path, seed: int, n: int, size: tuple[int, int]) -> None:
+def _write_source_synthia(root: Path, seed: int, n: int, size: tuple[int, int], lighting: float = 0.0) -> None:
     """SYNTHIA-RAND-CITYSCAPES layout: ``RGB/NNNNNNN.png`` (8-bit RGB) + ``GT/LABELS/NNNNNNN.png``
     (16-bit 3-channel); scene ``i`` is the GTA5 layout's ``NNNNN.png`` of the same seed."""
     (root / "RGB").mkdir(parents=True)
     (root / "GT" / "LABELS").mkdir(parents=True)
     for i in range(1, n + 1):
         img, ids, inst = render_instances(_rng(seed, 0, 0, i), size, SOURCE_STYLE)
-        _save_png(root / "RGB" / f"{i:07d}.png", img)
+        _save_png(root / "RGB" / f"{i:07d}.png", relight(img, _rng(seed, 0, 2, i), lighting))
         path = root / "GT" / "LABELS" / f"{i:07d}.png"
         if not cv2.imwrite(str(path), synthia_label(ids, inst), [cv2.IMWRITE_PNG_COMPRESSION, 3]):
             raise OSError(f"cannot write SYNTHIA label {path}")
@@ -529,11 +544,14 @@ def _paths(out: Path, source_layout: str) -> dict[str, Path]:
 
 def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_source: int = 200, n_target_train: int = 100,
              n_target_val: int = 40, source_size: Sequence[int] = (160, 88),
-             target_size: Sequence[int] = (192, 96), source_layout: str = "gta5") -> dict[str, Path]:
+             target_size: Sequence[int] = (192, 96), source_layout: str = "gta5",
+             source_lighting: float = 0.0) -> dict[str, Path]:
     """Write the benchmark to ``out_dir`` (``gta5/`` or ``synthia/``, ``cityscapes/``, ``toycity.json``).
 
     ``source_layout`` is ``"gta5"`` (GTA5 layout, Cityscapes ids) or ``"synthia"``
     (SYNTHIA-RAND-CITYSCAPES layout, SYNTHIA ids; same scenes, still at ``source_size``).
+    ``source_lighting`` in [0, 1) varies each source image's lighting (:func:`relight`); 0 leaves
+    the images as they were before the option existed.
     The tree is built in a temporary sibling folder and renamed into place. An existing
     benchmark with the same options (the layout included; a manifest without one is a GTA5-layout
     benchmark) is kept as is; one with other options is replaced; any other non-empty folder is
@@ -550,6 +568,10 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_source: int = 200, 
               "source_size": list(_check_size("source_size", source_size)),
               "target_size": list(_check_size("target_size", target_size)),
               "source_layout": source_layout}
+    if not 0 <= float(source_lighting) < 1:
+        raise ValueError(f"toy-city source_lighting must be in [0, 1), got {source_lighting!r}")
+    if source_lighting:  # absent from the manifest at 0, so earlier benchmarks stay valid
+        params["source_lighting"] = float(source_lighting)
     out = Path(out_dir)
     if out.exists():
         manifest = out / MANIFEST
@@ -565,7 +587,8 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, n_source: int = 200, 
     try:
         os.chmod(tmp, 0o755)
         write_source = _write_source_synthia if source_layout == "synthia" else _write_source
-        write_source(tmp / source_layout, params["seed"], params["n_source"], tuple(params["source_size"]))
+        write_source(tmp / source_layout, params["seed"], params["n_source"], tuple(params["source_size"]),
+                     float(source_lighting))
         for split in ("train", "val"):
             _write_target(tmp / "cityscapes", params["seed"], split, params[f"n_target_{split}"],
                           tuple(params["target_size"]))
