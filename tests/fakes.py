@@ -1,12 +1,25 @@
-"""Stand-ins shared by the training-loop tests."""
+"""Stand-ins shared by the training-loop tests, and the loader of the benchmark scripts under test."""
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
 
 from proda.runtime import Runtime
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (a script folder, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class CountingStage:

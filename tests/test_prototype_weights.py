@@ -1,16 +1,11 @@
 """benchmarks/prototype_weights.py: the sharpness measures on hand-made features."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from fakes import load_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("prototype_weights", REPO / "benchmarks" / "prototype_weights.py")
-prototype_weights = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(prototype_weights)
+prototype_weights = load_benchmark("prototype_weights")
 
 
 class Identity(torch.nn.Module):

@@ -1,19 +1,14 @@
 """benchmarks/strong_view_teacher.py: the view scores of a model that reads the class off the image."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import load_benchmark
 
 from proda.data.transforms import StrongParams
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("strong_view_teacher", REPO / "benchmarks" / "strong_view_teacher.py")
-strong_view_teacher = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(strong_view_teacher)
+strong_view_teacher = load_benchmark("strong_view_teacher")
 
 
 class ReadsRedChannel(torch.nn.Module):

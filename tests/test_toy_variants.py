@@ -3,17 +3,15 @@ changes only its stage (and later ones) shares the study's upstream runs, and va
 the same thing upstream (the network, or stage 1 for a stage-2 variant) share their own."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from fakes import load_benchmark
 
 from proda.config import resolve
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("toy_variants", REPO / "benchmarks" / "toy_variants.py")
-toy_variants = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(toy_variants)
+toy_variants = load_benchmark("toy_variants")
 CHAIN = ["warmup", "stage1", "stage2", "stage3"]
 
 
