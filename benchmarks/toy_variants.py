@@ -50,11 +50,13 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         RELIT_LABEL: RELIT,
         MILD_LABEL: MILD,
     },
-    # Measured on the stage 1 of that time (temperature 1) except the first and the last three rows:
-    # each such variant carries that setting, so its rows map to the runs they came from.
+    # The rows that set stage1: T1 were measured on the stage 1 of that time (temperature 1): each
+    # carries that setting, so its rows map to the runs they came from.
     "stage2": {
         "kept: warm-up backbone student, lr 0.004, 800 iterations, threshold 0.8": {},
         "the same, after a temperature-1 stage 1": {"stage1": T1},
+        "600 iterations": {"stage2": {"iterations": 600}},
+        "1200 iterations": {"stage2": {"iterations": 1200}},
         "400 iterations": {"stage1": T1, "stage2": {"iterations": 400}},
         "200 iterations": {"stage1": T1, "stage2": {"iterations": 200}},
         "200 iterations, lr 0.02": {"stage1": T1, "stage2": {"iterations": 200, "lr": 0.02}},
@@ -83,6 +85,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "a new student like stage 2's (warm-up backbone, lr 0.004, 800 iterations)":
             {"stage3": {"student_init": "warmup_backbone", "iterations": 800, "lr": 0.004}},
         "distillation weight 19 (about a per-pixel KL)": {"stage3": {"distillation": 19.0}},
+        "after a 600-iteration stage 2": {"stage2": {"iterations": 600}},
+        "after a 1200-iteration stage 2": {"stage2": {"iterations": 1200}},
         RELIT_LABEL: RELIT,
         MILD_LABEL: MILD,
     },
