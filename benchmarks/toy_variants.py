@@ -57,6 +57,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "the same, after a temperature-1 stage 1": {"stage1": T1},
         "600 iterations": {"stage2": {"iterations": 600}},
         "1200 iterations": {"stage2": {"iterations": 1200}},
+        "200 iterations, after the kept stage 1": {"stage2": {"iterations": 200}},
         "400 iterations": {"stage1": T1, "stage2": {"iterations": 400}},
         "200 iterations": {"stage1": T1, "stage2": {"iterations": 200}},
         "200 iterations, lr 0.02": {"stage1": T1, "stage2": {"iterations": 200, "lr": 0.02}},
