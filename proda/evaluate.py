@@ -29,6 +29,13 @@ from proda.runtime import eval_mode, resolve_device
 PathLike = str | os.PathLike
 
 
+def upsample_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """N×C logits as float32, upsampled bilinearly (align_corners=True) to ``size`` (H, W), with
+    autocast disabled: a caller's autocast never lowers the precision of the upsampled logits."""
+    with torch.autocast(logits.device.type, enabled=False):
+        return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=True)
+
+
 def predict(model: nn.Module, img_batch: torch.Tensor,
             size: Sequence[int] | None = None) -> torch.Tensor:
     """Train-id predictions N×H×W: eval mode, logits upsampled (bilinear, align_corners=True)
@@ -36,11 +43,10 @@ def predict(model: nn.Module, img_batch: torch.Tensor,
     with eval_mode(model):
         logits = model(img_batch)["out"]
         size = tuple(size) if size is not None else tuple(img_batch.shape[-2:])
-        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=True)
-        return logits.argmax(dim=1)
+        return upsample_logits(logits, size).argmax(dim=1)
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
+def save_png(array: np.ndarray, path: Path) -> None:
     """Write a uint8 image (H×W → mode L, H×W×3 → RGB) atomically."""
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
@@ -53,8 +59,8 @@ def save_predictions(pred: torch.Tensor, names: Sequence[str], save_dir: PathLik
     out.mkdir(parents=True, exist_ok=True)
     for label, name in zip(pred.cpu().numpy().astype(np.uint8), names):
         stem = Path(name).stem
-        _save_png(label, out / f"{stem}.png")
-        _save_png(colorize(label, n_class), out / f"{stem}_color.png")
+        save_png(label, out / f"{stem}.png")
+        save_png(colorize(label, n_class), out / f"{stem}_color.png")
 
 
 def evaluate_model(model: nn.Module, dataset: Dataset, n_class: int, *, batch_size: int = 4,

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from proda.data.labels import IGNORE_INDEX
 from proda.files import atomic_path
+from proda.integrity import damaged, one_line
 
 MIN_PIXELS = 10
 COUNT_CAP = 3000
@@ -335,19 +336,25 @@ def compute_prototypes(model: torch.nn.Module, loader: Iterable[Mapping[str, Any
 
 # --------------------------------------------------------------------------- HDF5 store
 
+def _checksummed(data: np.ndarray) -> dict[str, Any]:
+    """Dataset options: one chunk (the arrays are a few KiB) with HDF5's Fletcher-32 checksum."""
+    return {"data": data, "chunks": data.shape if data.size else None, "fletcher32": True}
+
+
 def save_prototypes(path: str | os.PathLike, prototypes: Tensor, counts: Tensor,
                     attrs: Mapping[str, Any] | None = None) -> None:
     """Write ``prototypes`` (float32 C×D), ``counts`` (int64 C) and file attrs to HDF5.
 
-    Written to ``<path>.tmp`` and renamed into place.
+    Both datasets carry a Fletcher-32 checksum, so that damaged bytes fail on reading
+    (:func:`load_prototypes`). Written to a temporary file renamed into place.
     """
     path = Path(path)
     if prototypes.dim() != 2 or counts.shape != prototypes.shape[:1]:
         raise ValueError(f"{path}: prototypes {tuple(prototypes.shape)} must be C×D with one count "
                          f"per class (got counts {tuple(counts.shape)})")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
-        fh.create_dataset("prototypes", data=prototypes.detach().cpu().float().numpy())
-        fh.create_dataset("counts", data=counts.detach().cpu().long().numpy())
+        fh.create_dataset("prototypes", **_checksummed(prototypes.detach().cpu().float().numpy()))
+        fh.create_dataset("counts", **_checksummed(counts.detach().cpu().long().numpy()))
         for key, value in (attrs or {}).items():
             try:
                 fh.attrs[key] = value
@@ -367,22 +374,39 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_DATASETS = ("prototypes", "counts")
+
+
+def _read_h5(path: Path) -> tuple[dict[str, np.ndarray | None], dict[str, Any]]:
+    """The datasets (None where absent) and attrs of a prototype file; h5py errors pass through."""
+    with h5py.File(path, "r") as fh:
+        arrays = {name: np.asarray(fh[name]) if isinstance(fh.get(name), h5py.Dataset) else None
+                  for name in _DATASETS}
+        return arrays, {key: _plain(value) for key, value in fh.attrs.items()}
+
+
 def load_prototypes(path: str | os.PathLike) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Read a prototype file: ``(prototypes C×D float32, counts C int64, attrs)``."""
+    """Read a prototype file: ``(prototypes C×D float32, counts C int64, attrs)``.
+
+    Damaged bytes (a Fletcher-32 checksum failure, truncation, not an HDF5 file) raise a one-line
+    :class:`~proda.integrity.DamagedArtifactError` naming the file; non-finite prototypes a
+    ``ValueError``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: prototype file not found")
     try:
-        fh = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"{path}: not a readable HDF5 file ({err})") from None
-    with fh:
-        for name in ("prototypes", "counts"):
-            if name not in fh or not isinstance(fh[name], h5py.Dataset):
-                raise ValueError(f"{path}: missing dataset {name!r}")
-        protos = torch.from_numpy(np.asarray(fh["prototypes"], dtype=np.float32))
-        counts = torch.from_numpy(np.asarray(fh["counts"], dtype=np.int64))
-        attrs = {key: _plain(value) for key, value in fh.attrs.items()}
+        arrays, attrs = _read_h5(path)
+    except Exception as err:  # noqa: BLE001 - damaged bytes surface as many h5py error types
+        raise damaged(path, one_line(err), "prototype file") from None
+    for name, array in arrays.items():
+        if array is None:
+            raise ValueError(f"{path}: missing dataset {name!r}")
+    protos = torch.from_numpy(arrays["prototypes"].astype(np.float32))
+    counts = torch.from_numpy(arrays["counts"].astype(np.int64))
+    if not bool(torch.isfinite(protos).all()):
+        raise ValueError(f"{path}: the prototypes hold NaN or infinite values (computed by a "
+                         f"diverged model?); recompute them")
     if protos.dim() != 2 or counts.shape != protos.shape[:1]:
         raise ValueError(f"{path}: dataset 'prototypes' {tuple(protos.shape)} must be C×D and "
                          f"'counts' {tuple(counts.shape)} must have C entries")

@@ -11,8 +11,13 @@
   comparison drops (Q17), at a fraction of the bytes of the float16 confidence map.
 
 Every dataset is one chunk per image (readable alone), gzip level 9 (float data shuffled first)
-and has HDF5's Fletcher-32 checksum, so a damaged file fails with a :class:`PseudoLabelStoreError`
-naming the file and the image instead of returning garbage.
+and has HDF5's Fletcher-32 checksum, so a damaged file fails with a :class:`DamagedStoreError`
+(a :class:`PseudoLabelStoreError` and a :class:`~proda.integrity.DamagedArtifactError`), one line
+naming the file and the image, instead of returning garbage.
+
+Probabilities are computed in float32 under every precision: the model's forward may run under
+the caller's autocast, but its logits leave it, and the softmax, upsampling, flip averaging and
+argmax run with autocast disabled.
 
 Writers go to a temporary file renamed into place, so a failed run leaves nothing.
 Stores open their file lazily in each process, which makes them safe in DataLoader workers.
@@ -37,6 +42,7 @@ from tqdm import tqdm
 from proda.config import THRESHOLD_LEVELS
 from proda.data.labels import IGNORE_INDEX, colorize
 from proda.files import atomic_path
+from proda.integrity import DamagedArtifactError, damaged, one_line
 from proda.runtime import eval_mode
 
 PathLike = str | os.PathLike
@@ -68,6 +74,10 @@ class PseudoLabelStoreError(ValueError):
     """A pseudo-label file that is missing, unreadable or of the wrong kind."""
 
 
+class DamagedStoreError(PseudoLabelStoreError, DamagedArtifactError):
+    """A pseudo-label file whose bytes are damaged (checksum failure, truncation, not HDF5)."""
+
+
 class MissingPseudoLabelError(KeyError):
     """An image name that a pseudo-label store does not hold."""
 
@@ -96,10 +106,18 @@ def _batches(dataset: Dataset, batch_size: int, num_workers: int, device: torch.
 
 
 def _logits(model: nn.Module, x: Tensor, n_class: int) -> Tensor:
+    """The model's logits (its forward under the caller's autocast, if any) as float32."""
     out = model(x)["out"]
     if out.shape[1] != n_class:
         raise ValueError(f"model predicts {out.shape[1]} classes but n_class={n_class}")
-    return out
+    return out.float()
+
+
+@contextmanager
+def _float32(device: torch.device) -> Iterator[None]:
+    """Autocast disabled: the caller's autocast must not lower the precision of probabilities."""
+    with torch.autocast(device.type, enabled=False):
+        yield
 
 
 def _check_name(h5: h5py.File, name: str) -> None:
@@ -140,7 +158,9 @@ def generate_soft(model: nn.Module, dataset: Dataset, out_path: PathLike, *, n_c
     dtype = getattr(torch, soft_dtype)
     with eval_mode(model), _atomic_h5(out_path, "soft", n_class, attrs, {"dtype": soft_dtype}) as h5:
         for x, names in _batches(dataset, batch_size, num_workers, device, progress, "soft labels"):
-            probs = _logits(model, x, n_class).float().softmax(dim=1).to(dtype).cpu().numpy()
+            logits = _logits(model, x, n_class)
+            with _float32(logits.device):
+                probs = logits.softmax(dim=1).to(dtype).cpu().numpy()
             for name, p in zip(names, probs):
                 _check_name(h5, name)
                 h5.create_dataset(name, data=p, **_h5_opts(p))
@@ -150,15 +170,20 @@ def generate_soft(model: nn.Module, dataset: Dataset, out_path: PathLike, *, n_c
 def flip_averaged_probs(model: nn.Module, x: Tensor, n_class: int, flip: bool = True) -> Tensor:
     """``P`` of §6.2: softmax, bilinear-AC upsampling to the input size, flip-TTA average.
 
-    ``flip=False`` drops the flipped term (the intended fix of §8 Q10).
+    ``flip=False`` drops the flipped term (the intended fix of §8 Q10). The forwards may run under
+    the caller's autocast; everything after them is float32 with autocast disabled.
     """
     def probs(inp: Tensor) -> Tensor:
-        p = _logits(model, inp, n_class).softmax(dim=1)
-        return F.interpolate(p, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        logits = _logits(model, inp, n_class)
+        with _float32(logits.device):
+            p = logits.softmax(dim=1)
+            return F.interpolate(p, size=x.shape[-2:], mode="bilinear", align_corners=True)
 
     p = probs(x)
     if flip:
-        p = (p + probs(x.flip(-1)).flip(-1)) / 2
+        flipped = probs(x.flip(-1))
+        with _float32(p.device):
+            p = (p + flipped.flip(-1)) / 2
     return p
 
 
@@ -210,7 +235,9 @@ def generate_hard(model: nn.Module, dataset: Dataset, out_path: PathLike, *, n_c
     own = {"flip": bool(flip), "threshold_levels": levels.astype(np.float64)}
     with eval_mode(model), _atomic_h5(out_path, "hard", n_class, attrs, own) as h5:
         for x, names in _batches(dataset, batch_size, num_workers, device, progress, "hard labels"):
-            conf, label = flip_averaged_probs(model, x, n_class, flip).max(dim=1)
+            probs = flip_averaged_probs(model, x, n_class, flip)
+            with _float32(probs.device):
+                conf, label = probs.max(dim=1)
             level = confidence_levels(conf, levels)
             label = label.to(torch.uint8).cpu().numpy()
             for name, lab, lev in zip(names, label, level):
@@ -224,15 +251,11 @@ def generate_hard(model: nn.Module, dataset: Dataset, out_path: PathLike, *, n_c
 
 
 # ------------------------------------------------------------------------------------ reading
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 class _Store:
     """Read-only HDF5 store, opened lazily once per process (h5py handles are not fork-safe).
 
-    Every read error (a damaged or truncated file: HDF5 checksum and I/O errors) becomes a
-    one-line :class:`PseudoLabelStoreError` naming the file (and the image).
+    Every read error (a damaged or truncated file, random bytes, not an HDF5 file: HDF5 checksum
+    and I/O errors) becomes a one-line :class:`DamagedStoreError` naming the file (and the image).
     """
 
     kind = ""
@@ -242,12 +265,8 @@ class _Store:
         self._file: h5py.File | None = None
         self._pid: int | None = None
         try:
-            attrs = {key: _plain(value) for key, value in self._h5().attrs.items()}
-        except PseudoLabelStoreError:
-            raise
-        except (OSError, KeyError, ValueError, RuntimeError) as err:
-            raise PseudoLabelStoreError(f"cannot read the attributes of {self.path}: "
-                                        f"{_one_line(err)}") from None
+            with self._reading(what="its attributes"):
+                attrs = {key: _plain(value) for key, value in self._h5().attrs.items()}
         finally:
             self.close()  # validated; reopened on first access in whichever process reads
         if attrs.get("kind") != self.kind or "n_class" not in attrs:
@@ -262,22 +281,24 @@ class _Store:
                 raise PseudoLabelStoreError(f"pseudo-label store {self.path} does not exist")
             try:
                 self._file = h5py.File(self.path, "r")
-            except OSError as e:
-                raise PseudoLabelStoreError(f"cannot open {self.path} as HDF5: {_one_line(e)}") from None
+            except Exception as e:  # noqa: BLE001 - not HDF5, or damaged beyond opening
+                raise damaged(self.path, f"cannot open it as HDF5: {one_line(e)}", "pseudo-label store",
+                              DamagedStoreError) from None
             self._pid = os.getpid()
         return self._file
 
     @contextmanager
-    def _reading(self, name: str | None = None) -> Iterator[None]:
-        """Turn h5py/OS errors inside the block into one PseudoLabelStoreError line."""
+    def _reading(self, name: str | None = None, what: str = "") -> Iterator[None]:
+        """Turn h5py/OS errors inside the block into one :class:`DamagedStoreError` line naming
+        the file and the image ``name`` (or ``what`` was read)."""
         try:
             yield
         except (PseudoLabelStoreError, MissingPseudoLabelError):
             raise
-        except (OSError, KeyError, ValueError, RuntimeError, TypeError) as err:
-            what = f"image {name!r} in " if name is not None else ""
-            raise PseudoLabelStoreError(f"cannot read {what}pseudo-label store {self.path} "
-                                        f"(damaged or truncated?): {_one_line(err)}") from None
+        except Exception as err:  # noqa: BLE001 - damaged bytes surface as many h5py error types
+            what = f"image {name!r}" if name is not None else what or "its index"
+            raise damaged(self.path, f"cannot read {what}: {one_line(err)}", "pseudo-label store",
+                          DamagedStoreError) from None
 
     def _entry(self, name: str) -> h5py.Dataset | h5py.Group:
         with self._reading(name):
@@ -288,9 +309,10 @@ class _Store:
         raise MissingPseudoLabelError(
             f"{self.path} has no {self.kind} pseudo label for image {name!r}")
 
-    def _read(self, name: str, entry: h5py.Dataset) -> np.ndarray:
+    def _read(self, name: str, entry: h5py.Dataset | h5py.Group, key: str | None = None) -> np.ndarray:
+        """The array of ``entry`` (or of its member ``key``), read errors as one line."""
         with self._reading(name):
-            return entry[()]
+            return (entry if key is None else entry[key])[()]
 
     def names(self) -> list[str]:
         """Image names held by the store (sorted)."""
@@ -409,9 +431,9 @@ class HardLabelStore(_Store):
         """
         group = self._entry(name)
         if self.levels is None:
-            return self._read(name, group["confidence"])
+            return self._read(name, group, "confidence")
         ceiling = np.append(self.levels, np.float16(1.0))
-        return ceiling[self._read(name, group["level"])]
+        return ceiling[self._read(name, group, "level")]
 
     def get(self, name: str, threshold: float = -1.0) -> np.ndarray:
         """uint8 ``[H,W]`` label with 250 where ``conf ≤ threshold`` (§6.2, Q16, Q17).
@@ -423,9 +445,9 @@ class HardLabelStore(_Store):
         """
         index = self.check_threshold(threshold)
         group = self._entry(name)
-        label = self._read(name, group["label"])
+        label = self._read(name, group, "label")
         if threshold > 0 and self.levels is None:
-            label[self._read(name, group["confidence"]) <= np.float16(threshold)] = IGNORE_INDEX
+            label[self._read(name, group, "confidence") <= np.float16(threshold)] = IGNORE_INDEX
         elif index is not None:
-            label[self._read(name, group["level"]) <= index] = IGNORE_INDEX
+            label[self._read(name, group, "level") <= index] = IGNORE_INDEX
         return label

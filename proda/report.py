@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from proda.files import atomic_path
+from proda.integrity import damaged, one_line
 from proda.metrics import SUMMARY_KEYS
 
 if TYPE_CHECKING:
@@ -27,16 +28,30 @@ if TYPE_CHECKING:
 
 PathLike = str | os.PathLike
 MIOU_KEYS = ("mIoU", "mIoU-16", "mIoU-13")
+_PERCENT_SLACK = 1e-6  # rounding of 100 * a fraction that is 1
+
+
+def _check_percent(path: Path, line: int, value: float) -> float:
+    """``value`` if NaN or a percentage in [0, 100]; else the file is damaged."""
+    if math.isnan(value) or -_PERCENT_SLACK <= value <= 100 + _PERCENT_SLACK:
+        return value
+    raise damaged(path, f"line {line}: {value!r} is not a percentage", "evaluation CSV")
 
 
 def read_eval_csv(path: PathLike) -> dict[str, float]:
-    """``{class or summary key: percent}`` in file order; empty cells are NaN."""
+    """``{class or summary key: percent}`` in file order; empty cells are NaN.
+
+    A file that is not UTF-8 CSV text or holds a value outside [0, 100] raises a one-line
+    :class:`~proda.integrity.DamagedArtifactError` naming it; a wrong layout a ``ValueError``.
+    """
     path = Path(path)
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))
     except OSError as err:
         raise ValueError(f"cannot read evaluation CSV {path}: {err.strerror}") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise damaged(path, f"not CSV text: {one_line(err)}", "evaluation CSV") from None
     if not rows or rows[0] != ["class", "iou"]:
         raise ValueError(f"evaluation CSV {path} must start with the header 'class,iou'")
     out: dict[str, float] = {}
@@ -44,9 +59,10 @@ def read_eval_csv(path: PathLike) -> dict[str, float]:
         if len(row) != 2 or row[0] in out:
             raise ValueError(f"evaluation CSV {path} line {line}: expected a new 'key,value' row")
         try:
-            out[row[0]] = float(row[1]) if row[1] else math.nan
+            value = float(row[1]) if row[1] else math.nan
         except ValueError:
             raise ValueError(f"evaluation CSV {path} line {line}: bad number {row[1]!r}") from None
+        out[row[0]] = _check_percent(path, line, value)
     if "mIoU" not in out:
         raise ValueError(f"evaluation CSV {path} has no mIoU row")
     return out
@@ -136,9 +152,39 @@ def write_summary(table: pd.DataFrame, out_dir: PathLike) -> dict[str, Path]:
     return paths
 
 
+def read_table(path: PathLike, what: str, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv(path, **kwargs)``; a file that is not UTF-8 CSV text (random bytes) raises a
+    one-line :class:`~proda.integrity.DamagedArtifactError` naming it and ``what`` it is."""
+    try:
+        return pd.read_csv(path, encoding="utf-8", **kwargs)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        raise
+    except OSError as err:
+        raise ValueError(f"cannot read {what} {path}: {err.strerror or one_line(err)}") from None
+    except (UnicodeDecodeError, pd.errors.ParserError, csv.Error, ValueError) as err:
+        raise damaged(path, f"not CSV text: {one_line(err)}", what) from None
+
+
+def _numeric(table: pd.DataFrame, path: PathLike, what: str) -> pd.DataFrame:
+    """``table`` with every column numeric (int columns stay int); a non-number cell means a
+    damaged file."""
+    try:
+        return table.apply(pd.to_numeric)
+    except (TypeError, ValueError) as err:
+        raise damaged(path, f"a cell is not a number: {one_line(err)}", what) from None
+
+
+def read_summary(path: PathLike) -> pd.DataFrame:
+    """A ``summary.csv`` (stage × class IoU + mIoU, percent) back as a float table."""
+    table = read_table(path, "summary table", index_col=0)
+    if "mIoU" not in table.columns:
+        raise ValueError(f"{path} is not a summary table (no mIoU column)")
+    return _numeric(table, path, "summary table")
+
+
 def format_summary(summary_csv: PathLike) -> str:
     """A compact text table of target mIoU per stage (and its change from the first stage)."""
-    table = pd.read_csv(summary_csv, index_col=0)
+    table = read_summary(summary_csv)
     cols = [c for c in ("mIoU", "mIoU-13") if c in table.columns]
     lines = ["stage      " + "  ".join(f"{c:>8}" for c in cols) + "   vs first"]
     first = table[cols[0]].iloc[0]
@@ -249,10 +295,10 @@ def write_seed_summary(tables: Mapping[int, pd.DataFrame], out_csv: PathLike) ->
 
 def read_seed_summary(path: PathLike) -> pd.DataFrame:
     """A ``seed_summary.csv`` back as a flat stage-indexed table."""
-    table = pd.read_csv(path, index_col="stage")
-    if "mIoU_mean" not in table.columns:
-        raise ValueError(f"{path} is not a seed summary (no mIoU_mean column)")
-    return table
+    table = read_table(path, "seed summary", index_col=0)
+    if table.index.name != "stage" or "mIoU_mean" not in table.columns:
+        raise ValueError(f"{path} is not a seed summary (no stage index and mIoU_mean column)")
+    return _numeric(table, path, "seed summary")
 
 
 def _per_seed(table: pd.DataFrame | PathLike, metric: str = "mIoU") -> pd.DataFrame:
@@ -485,7 +531,7 @@ NON_LOSS_COLUMNS = ("iteration", "lr", "images_per_s")
 def _read_train_log(path: PathLike) -> pd.DataFrame:
     """A ``train.csv`` as numbers (empty frame for a header-only or empty file)."""
     try:
-        log = pd.read_csv(path)
+        log = read_table(path, "training log")
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     return log.apply(pd.to_numeric, errors="coerce")

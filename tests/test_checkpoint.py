@@ -1,6 +1,10 @@
 """Checkpoints in the official layout, architecture inference, strict loading, pretrained weights."""
 from __future__ import annotations
 
+import struct
+import zipfile
+
+import numpy as np
 import torch
 import pytest
 import torchvision
@@ -8,6 +12,7 @@ import torchvision
 import proda
 from proda.models import (CheckpointError, DeepLabV2, FCDiscriminator, build_model, load_checkpoint,
                           load_imagenet, load_model_state, load_simclr, model_kwargs, save_checkpoint)
+from proda.integrity import DamagedArtifactError
 
 torch.set_num_threads(1)
 SMALL = {"num_classes": 5, "backbone": "resnet18", "bn_clr": False, "head_channels": 16,
@@ -161,3 +166,53 @@ def test_load_simclr_filters_and_strips_prefix(tmp_path, wrapped):
     after, ref_state = m.state_dict(), ref.state_dict()
     assert all(torch.equal(after[k], ref_state[k]) for k in loaded)
     assert all(torch.equal(after[k], before[k]) for k in after if k not in loaded)
+
+
+# ---------------------------------------------------------------------------- damaged files
+def _largest_member_span(path) -> tuple[str, int, int]:
+    """(name, first data byte, size) of the largest member of a torch.save zip archive."""
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", fh.read(4))
+    return info.filename, info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def test_random_bytes_inside_a_checkpoint_are_refused_naming_file_and_member(tmp_path):
+    """torch.load does not check the archive's CRCs: 4 KiB of random bytes in the weights load as
+    garbage weights; every checkpoint load checks them first and refuses, in one line."""
+    path = save_checkpoint(tmp_path / "model.pt", trained_small())
+    member, start, size = _largest_member_span(path)
+    assert size > 8192
+    with open(path, "r+b") as fh:
+        fh.seek(start + size // 2)
+        fh.write(np.random.default_rng(0).bytes(4096))
+    torch.load(path, map_location="cpu", weights_only=True)  # what would be used without the check
+    for load in (load_checkpoint, build_model):
+        with pytest.raises(DamagedArtifactError) as err:
+            load(path)
+        msg = str(err.value)
+        assert isinstance(err.value, CheckpointError) and "\n" not in msg
+        assert f"checkpoint {path} is damaged (CRC check failed for member {member!r})" in msg
+        assert "delete it and rerun the step that wrote it" in msg
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0])
+def test_truncated_checkpoint_is_refused_in_one_line(tmp_path, keep):
+    path = save_checkpoint(tmp_path / "model.pt", trained_small())
+    path.write_bytes(path.read_bytes()[:int(path.stat().st_size * keep)])
+    with pytest.raises(DamagedArtifactError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert msg.startswith(f"checkpoint {path} is damaged (") and "\n" not in msg
+    assert ("truncated" if keep else "empty file") in msg
+
+
+def test_legacy_non_zip_checkpoint_is_not_checked_and_loads(tmp_path):
+    m = trained_small()
+    path = tmp_path / "official.pkl"
+    torch.save({"ResNet101": {"model_state": m.state_dict()}}, path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    rebuilt, _ = build_model(path)
+    assert torch.equal(rebuilt.state_dict()["conv1.weight"], m.state_dict()["conv1.weight"])

@@ -111,7 +111,7 @@ def _setup(tmp: Path) -> dict[str, Any]:
     from proda.data.toycity import generate
     from proda.data.training import collate
     from proda.models import DeepLabV2, save_checkpoint
-    from proda.train.setup import source_dataset, target_dataset, training_view
+    from proda.train.builders import source_dataset, target_dataset, training_view
 
     paths = generate(tmp / "data", seed=1, n_source=4, n_target_train=4, n_target_val=1,
                      source_size=[80, 44], target_size=[96, 48])
@@ -159,6 +159,9 @@ def _launch(mode: str, setup: Path, out: Path, nproc: int) -> subprocess.Complet
     return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600, check=False)
 
 
+GRAD_RTOL = {"stage1": 1e-2, "stage2": 1e-5}  # relative error of the whole gradient, DDP vs one process
+
+
 def test_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path):
     """Stage 1 (student + train-mode EMA teacher + prototypes) and stage 2: the losses, the
     all-reduced gradients and the updated weights of 2 gloo ranks × 2 images equal those of one
@@ -179,12 +182,14 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path):
         assert a["grads"].keys() == b["grads"].keys() and a["grads"]
         # The whole gradient, not each entry: float32 rounding (other summation orders in the
         # all-reduce and SyncBN) can move a pre-activation across a ReLU or max-pool kink, which
-        # changes a few activations' gradients. Measured: relative error 2e-6 on most draws of the
-        # toy images, 2e-3 on one; a per-rank instead of global normalisation, or BN statistics
-        # of one rank, give errors of order 1e-1.
+        # changes a few activations' gradients. Measured for stage 1: relative error 2e-6 on most
+        # draws of the toy images, 2e-3 on one; a per-rank instead of global normalisation, or BN
+        # statistics of one rank, give errors of order 1e-1. Stage 2 (no EMA teacher, no
+        # prototypes) measures 1.4e-6 and is held to 1e-5.
         grad_a = torch.cat([value.flatten() for value in a["grads"].values()])
         grad_b = torch.cat([b["grads"][key].flatten() for key in a["grads"]])
-        assert (grad_b - grad_a).norm() <= 1e-2 * grad_a.norm(), (stage, (grad_b - grad_a).norm() / grad_a.norm())
+        bound = GRAD_RTOL[stage]
+        assert (grad_b - grad_a).norm() <= bound * grad_a.norm(), (stage, (grad_b - grad_a).norm() / grad_a.norm())
         for key, value in a["state"].items():  # one SGD step of lr 0.01 on those gradients
             torch.testing.assert_close(b["state"][key], value, rtol=1e-5, atol=1e-4, msg=f"{stage} state {key}")
         for key, value in a.get("ema", {}).items():

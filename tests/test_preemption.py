@@ -3,12 +3,15 @@ resume checkpoints are set aside instead of failing every rerun."""
 from __future__ import annotations
 
 import csv
+import math
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +106,52 @@ def test_no_readable_resume_checkpoint_starts_from_zero(tmp_path, capsys):
     trainer.discard_state()
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{STATE_FILE}.corrupt", f"{PREVIOUS_FILE}.corrupt",
                                                            "train.csv"]
+
+
+def _overwrite_member(path: Path, content: bytes, replacement: bytes) -> str:
+    """Overwrite, in place, the bytes of the one zip member holding exactly ``content`` (no CRC
+    update, as random damage would); returns the member's name."""
+    with zipfile.ZipFile(path) as archive:
+        hits = [i for i in archive.infolist() if archive.read(i) == content]
+    assert len(hits) == 1, [i.filename for i in hits]
+    with open(path, "r+b") as fh:
+        fh.seek(hits[0].header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", fh.read(4))
+        fh.seek(hits[0].header_offset + 30 + name_len + extra_len)
+        fh.write(replacement)
+    return hits[0].filename
+
+
+def test_damaged_resume_checkpoint_is_set_aside_like_a_truncated_one(tmp_path, capsys):
+    """Bytes damaged inside last.pt (the student weight 3.0 made NaN) load without complaint from
+    torch; the CRC check sets the file aside and the run resumes from previous.pt."""
+    _trainer(CountingStage(), tmp_path, iterations=3, checkpoint_every=1).run()
+    last = tmp_path / STATE_FILE
+    member = _overwrite_member(last, struct.pack("<f", 3.0), struct.pack("<f", math.nan))
+    assert math.isnan(torch.load(last, weights_only=True)["modules"]["student"]["weight"].item())
+    capsys.readouterr()
+
+    trainer = _trainer(CountingStage(), tmp_path, iterations=5)
+    trainer.run()
+    out, err = capsys.readouterr()
+    report = [line for line in err.splitlines() if "unreadable" in line]
+    assert len(report) == 1 and f"CRC check failed for member {member!r}" in report[0]
+    assert f"resume checkpoint {last} is unreadable" in report[0] and f"set aside as {last}.corrupt" in report[0]
+    assert f"resumed from {tmp_path / PREVIOUS_FILE} at iteration 2" in out
+    assert trainer.final_student_state()["weight"].item() == 5.0 and _logged(tmp_path) == [5]
+
+
+def test_restart_from_zero_drops_the_log_rows_of_the_killed_run(tmp_path):
+    """Killed before its first resume checkpoint, a run restarts from zero: the rows the killed
+    run logged go (no 1, 1, 2, ... duplicates)."""
+    with pytest.raises(Preempted):
+        Trainer(CountingStage(None, signal.SIGTERM, at=2), BatchStream(_Numbers(), 2), BatchStream(_Numbers(), 2),
+                iterations=4, state_dir=tmp_path, schedule_iters=4, log_every=1, progress=False).run()
+    assert _logged(tmp_path) == [1, 2]
+    (tmp_path / STATE_FILE).unlink()  # as if killed before the checkpoint was written
+    Trainer(CountingStage(), BatchStream(_Numbers(), 2), BatchStream(_Numbers(), 2), iterations=4,
+            state_dir=tmp_path, schedule_iters=4, log_every=1, progress=False).run()
+    assert _logged(tmp_path) == [1, 2, 3, 4]
 
 
 # ---------------------------------------------------------------------------- a real training process

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from proda import prototypes as P
+from proda.integrity import DamagedArtifactError
 
 torch.set_num_threads(1)
 
@@ -434,8 +435,34 @@ def test_prototype_store_errors(tmp_path):
         P.load_prototypes(bad)
     junk = tmp_path / "junk.h5"
     junk.write_text("not hdf5")
-    with pytest.raises(ValueError, match="junk.h5"):
+    with pytest.raises(DamagedArtifactError, match=r"prototype file .*junk\.h5 is damaged"):
         P.load_prototypes(junk)
     with pytest.raises(ValueError, match="counts"):
         P.save_prototypes(tmp_path / "x.h5", torch.zeros(3, 4), torch.zeros(2))
     assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.parametrize("dataset", ["prototypes", "counts"])
+def test_random_bytes_in_a_prototype_file_are_refused_naming_the_file(tmp_path, dataset):
+    """Both datasets carry a Fletcher-32 checksum: 64 random bytes in their data fail the read in
+    one line naming the file, instead of training on garbage prototypes."""
+    path = tmp_path / "prototypes.h5"
+    P.save_prototypes(path, torch.randn(19, 64), torch.arange(19))
+    with h5py.File(path) as fh:
+        assert fh["prototypes"].fletcher32 and fh["counts"].fletcher32
+        start = fh[dataset].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(start)
+        fh.write(np.random.default_rng(0).bytes(64))
+    with pytest.raises(DamagedArtifactError) as err:
+        P.load_prototypes(path)
+    msg = str(err.value)
+    assert msg.startswith(f"prototype file {path} is damaged (") and "\n" not in msg
+    assert msg.endswith("delete it and rerun the step that wrote it")
+
+
+def test_non_finite_prototypes_are_refused(tmp_path):
+    path = tmp_path / "prototypes.h5"
+    P.save_prototypes(path, torch.tensor([[0.0, math.nan], [1.0, 2.0]]), torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match=r"prototypes\.h5: the prototypes hold NaN"):
+        P.load_prototypes(path)

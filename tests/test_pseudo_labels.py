@@ -15,7 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from proda.data.labels import colorize
+from proda.integrity import DamagedArtifactError
 from proda.models import DeepLabV2
+from proda.runtime import eval_mode
 from proda.pseudo_labels import (HardLabelStore, MissingPseudoLabelError, PseudoLabelStoreError,
                                  SoftLabelStore, flip_averaged_probs, generate_hard, generate_soft)
 
@@ -446,3 +448,62 @@ def test_damaged_store_fails_with_one_line_naming_the_file(tmp_path, kind, damag
     assert str(path) in msg and "\n" not in msg
     if damage == "flip":
         assert "img" in msg  # the image whose data is damaged
+
+
+@pytest.mark.parametrize("member", ["label", "level"])
+def test_random_bytes_in_a_hard_label_store_fail_in_one_line_naming_the_file(tmp_path, member):
+    """uint8 label and uint8 confidence level per image, each checksummed: 64 random bytes in
+    either's data are a DamagedArtifactError naming the file and the image."""
+    items = [{"img": z, "name": f"img{i}.png"} for i, z in enumerate(_logit_fields(2, 5, (64, 96)))]
+    path = generate_hard(_Identity(), items, tmp_path / "hard.h5", n_class=5, progress=False)
+    with h5py.File(path) as h5:
+        assert h5["img1.png/label"].dtype == np.uint8 and h5["img1.png/level"].dtype == np.uint8
+        start = h5[f"img1.png/{member}"].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(start)
+        fh.write(np.random.default_rng(1).bytes(64))
+    store = HardLabelStore(path)
+    store.get("img0.png", 0.95)  # the intact image still reads
+    with pytest.raises(DamagedArtifactError) as err:
+        store.get("img1.png", 0.95)
+    msg = str(err.value)
+    assert isinstance(err.value, PseudoLabelStoreError) and "\n" not in msg
+    assert msg.startswith(f"pseudo-label store {path} is damaged (cannot read image 'img1.png': ")
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_not_an_hdf5_file_is_a_damaged_store(tmp_path, kind):
+    path = tmp_path / "labels.h5"
+    path.write_bytes(np.random.default_rng(2).bytes(4096))
+    with pytest.raises(DamagedArtifactError, match=r"pseudo-label store .*labels\.h5 is damaged \(cannot open"):
+        (SoftLabelStore if kind == "soft" else HardLabelStore)(path)
+
+
+def test_probabilities_are_float32_under_bf16_autocast(tmp_path, model):
+    """The forward runs under the caller's bf16 autocast (bf16 logits), but the softmax,
+    upsampling, flip average and argmax are float32: the probabilities equal the float32
+    computation from the same logits and take many distinct values (bf16 gives ~100)."""
+    items = _items(sizes=[(40, 56)] * 2, seed=3)
+    x = torch.stack([item["img"] for item in items])
+    with eval_mode(model), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, flipped = model(x)["out"], model(x.flip(-1))["out"]
+        probs = flip_averaged_probs(model, x, C)
+        generate_soft(model, items, tmp_path / "soft.h5", n_class=C, progress=False, soft_dtype="float32")
+        generate_hard(model, items, tmp_path / "hard.h5", n_class=C, progress=False)
+    assert logits.dtype == torch.bfloat16
+
+    def up(z: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(z.float().softmax(dim=1), size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+    expected = (up(logits) + up(flipped).flip(-1)) / 2
+    assert probs.dtype == torch.float32 and torch.equal(probs, expected)
+    assert probs.unique().numel() > 1000
+    soft = SoftLabelStore(tmp_path / "soft.h5")
+    for item, native in zip(items, logits.float().softmax(dim=1)):
+        assert torch.equal(soft.get(item["name"]), native)
+    hard = HardLabelStore(tmp_path / "hard.h5")
+    for item, p in zip(items, expected):
+        label = hard.get(item["name"], 0.9)
+        conf, want = p.max(dim=0)
+        want[conf.half() <= np.float16(0.9)] = 250
+        assert np.array_equal(label, want.numpy().astype(np.uint8))

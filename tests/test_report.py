@@ -250,3 +250,48 @@ def test_captions_cover_every_figure_and_table() -> None:
              "miou_by_stage.png", "per_class_iou.png"]
     for name in names:
         assert len(CAPTIONS.get(name, "")) > 20, name
+
+
+# ----------------------------------------------------------------------------- damaged files
+def _damage(path: Path, seed: int, n: int = 64) -> None:
+    """``n`` random bytes written into the middle of ``path``."""
+    data = bytearray(path.read_bytes())
+    mid = max(0, len(data) // 2 - n // 2)
+    data[mid:mid + n] = np.random.default_rng(seed).bytes(n)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_bytes_in_an_evaluation_csv_fail_in_one_line_naming_the_file(csvs, seed) -> None:
+    path = csvs["stage2"]
+    _damage(path, seed)
+    with pytest.raises(ValueError) as err:
+        read_eval_csv(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_evaluation_csv_damage_is_a_damaged_artifact_error(tmp_path) -> None:
+    from proda.integrity import DamagedArtifactError
+
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"class,iou\nroad,\xff\xfe\x00\x9c\n")
+    with pytest.raises(DamagedArtifactError, match=r"evaluation CSV .*binary\.csv is damaged \(not CSV text"):
+        read_eval_csv(binary)
+    outside = _write(tmp_path / "outside.csv", [("road", "1e+38"), ("mIoU", "50")])
+    with pytest.raises(DamagedArtifactError, match=r"outside\.csv is damaged \(line 2: 1e\+38 is not a percentage"):
+        read_eval_csv(outside)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_bytes_in_summary_tables_fail_in_one_line_naming_the_file(seeds, tmp_path, seed) -> None:
+    from proda.report import format_summary, read_summary
+
+    summary = tmp_path / "summary.csv"
+    summary_table({"warmup": _write(tmp_path / "w.csv", [("road", "50"), ("mIoU", "50")])}).to_csv(summary)
+    assert read_summary(summary).loc["warmup", "mIoU"] == 50.0
+    seed_csv = write_seed_summary(seeds, tmp_path / "seed_summary.csv")
+    for path, read in ((summary, format_summary), (seed_csv, read_seed_summary), (seed_csv, format_seed_summary)):
+        _damage(path, seed, n=16)
+        with pytest.raises(ValueError) as err:
+            read(path)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)

@@ -13,7 +13,7 @@ from fakes import CountingStage
 
 from proda.train.batches import BatchStream
 from proda.train.optim import SequentialSGD, make_sgd, poly_schedule
-from proda.train.syncbn import GlooSyncBatchNorm, convert_sync_batchnorm
+from proda.models.syncbn import GlooSyncBatchNorm, convert_sync_batchnorm
 
 
 def _quadratic_grad(p: torch.Tensor) -> None:
@@ -197,3 +197,88 @@ def test_trainer_refuses_best_on_val_without_validation(tmp_path):
     with pytest.raises(ValueError, match="train.val_every"):
         Trainer(CountingStage(), BatchStream(_Numbers(4), 2), BatchStream(_Numbers(4), 2), iterations=2,
                 state_dir=tmp_path, schedule_iters=2, select="best_on_val")
+
+
+# ---------------------------------------------------------------------------- non-finite losses
+class _NanStage:
+    """One weight trained towards 1 by momentum SGD on ``(w - 1)²``; at the iterations in ``nan``
+    the input is NaN, so the loss term ``loss_tgt`` and every gradient are NaN."""
+
+    name = "nanstage"
+
+    def __init__(self, nan: tuple[int, ...] = ()):
+        from proda.runtime import Runtime
+
+        self.runtime = Runtime(device=torch.device("cpu"))
+        self.student = nn.Linear(1, 1, bias=False)
+        nn.init.zeros_(self.student.weight)
+        self.optimizers = {"G": torch.optim.SGD(self.student.parameters(), lr=0.1, momentum=0.9)}
+        self.nan = nan
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
+
+    def step(self, source, target, iteration: int) -> dict[str, float]:
+        self.optimizers["G"].zero_grad()
+        x = torch.full((1, 1), math.nan if iteration in self.nan else 1.0)
+        loss = (self.student(x) - 1).square().sum()
+        loss.backward()
+        self.optimizers["G"].step()
+        return {"loss_src": 0.5, "loss_tgt": loss.item()}
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state) -> None:
+        return None
+
+
+def _nan_trainer(stage, tmp_path, iterations: int, skips: int = 0):
+    from proda.train.loop import Trainer
+
+    return Trainer(stage, BatchStream(_Numbers(4), 2), BatchStream(_Numbers(4), 2), iterations=iterations,
+                   state_dir=tmp_path, schedule_iters=iterations, poly_power=0.0, log_every=1, progress=False,
+                   max_nonfinite_skips=skips)
+
+
+def test_non_finite_loss_stops_training_in_one_line_naming_stage_iteration_and_term(tmp_path):
+    from proda.train.loop import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError) as err:
+        _nan_trainer(_NanStage(nan=(3,)), tmp_path, iterations=6).run()
+    msg = str(err.value)
+    assert isinstance(err.value, ValueError) and "\n" not in msg
+    assert msg.startswith("nanstage: non-finite loss at iteration 3/6 (loss_tgt=nan); training stopped")
+    assert "loss_src" not in msg and "train.max_nonfinite_skips: 0" in msg
+
+
+def test_non_finite_steps_are_skipped_without_an_optimizer_step_up_to_the_limit(tmp_path, capsys):
+    """Two NaN iterations with max_nonfinite_skips 2: both skipped (weights and momentum untouched),
+    so the weight equals that of the 4 finite steps alone; each skip is reported in one line."""
+    stage = _NanStage(nan=(2, 4))
+    _nan_trainer(stage, tmp_path / "skip", iterations=6, skips=2).run()
+    reference = _NanStage()
+    _nan_trainer(reference, tmp_path / "ref", iterations=4).run()
+    assert torch.equal(stage.student.weight, reference.student.weight)
+    assert math.isfinite(stage.student.weight.item())
+    skipped = [line for line in capsys.readouterr().err.splitlines() if "non-finite" in line]
+    assert skipped == [
+        "[nanstage] nanstage: non-finite loss at iteration 2/6 (loss_tgt=nan): optimizer step of G skipped "
+        "(1/2 skips used)",
+        "[nanstage] nanstage: non-finite loss at iteration 4/6 (loss_tgt=nan): optimizer step of G skipped "
+        "(2/2 skips used)"]
+    assert stage.optimizers["G"]._optimizer_step_pre_hooks == {}  # the guard is removed afterwards
+    assert torch.load(tmp_path / "skip" / "last.pt", weights_only=True)["nonfinite_skips"] == 2  # resumed too
+
+
+def test_non_finite_steps_beyond_the_limit_stop_training(tmp_path):
+    from proda.train.loop import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"iteration 4/6 .*steps skipped before: 1"):
+        _nan_trainer(_NanStage(nan=(2, 4)), tmp_path, iterations=6, skips=1).run()
+
+
+@pytest.mark.parametrize("skips", [-1, 1.5])
+def test_max_nonfinite_skips_must_be_a_count(tmp_path, skips):
+    with pytest.raises(ValueError, match="train.max_nonfinite_skips"):
+        _nan_trainer(_NanStage(), tmp_path, iterations=2, skips=skips)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 import proda
 from proda.files import atomic_path
+from proda.integrity import ADVICE, DamagedArtifactError, verify_archive
 from proda.models.deeplabv2 import BACKBONES, DeepLabV2
 
 NET_KEY = "ResNet101"
@@ -29,6 +30,10 @@ PathLike = str | os.PathLike
 
 class CheckpointError(ValueError):
     """A checkpoint or weight file is missing, unreadable or does not fit the model."""
+
+
+class DamagedCheckpointError(CheckpointError, DamagedArtifactError):
+    """A checkpoint or weight file whose bytes are damaged (zip CRC failure, truncation)."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -114,10 +119,17 @@ def _torch_load(path: PathLike, what: str, *, allow_pickle: bool = False) -> Any
     Tensors, containers and plain values load; so do the numpy scalars of official files
     (:func:`_safe_globals`). A file that needs any other global is refused unless
     ``allow_pickle`` (the explicit opt-in for trusted files), which then unpickles it fully.
+
+    A zip-format file (everything ``torch.save`` writes) is first checked member by member against
+    its CRC-32s, which ``torch.load`` does not do: damaged bytes raise a one-line
+    :class:`DamagedCheckpointError` instead of loading as garbage weights. Legacy (non-zip)
+    pickles, such as the released official files, cannot be checked and load as before.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
+    verify_archive(path, what, DamagedCheckpointError,
+                   ADVICE if what == "checkpoint" else "replace it with an intact copy")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -20,19 +20,24 @@ from torch import nn
 from torch.optim import Optimizer
 from tqdm import tqdm
 
-from proda.files import atomic_path
+from proda.files import atomic_path, reporting_full_disk
+from proda.integrity import archive_damage
 from proda.losses import cross_entropy
 from proda.models import unwrap
 from proda.runtime import Runtime, rng_state, set_rng_state
 from proda.train.batches import BatchStream
 from proda.train.optim import poly_schedule
-from proda.train.setup import up
+from proda.resize import up
 
 STATE_FILE = "last.pt"
 PREVIOUS_FILE = "previous.pt"  # the resume checkpoint before the last one, kept as a fallback
 CORRUPT_SUFFIX = ".corrupt"    # an unreadable resume checkpoint is renamed to <name>.corrupt
 LOG_FILE = "train.csv"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # SLURM's pre-emption / time limit, Ctrl-C
+
+
+class NonFiniteLossError(ValueError):
+    """Training stopped on a loss term that is NaN or infinite (one line: stage, iteration, terms)."""
 
 
 class Preempted(SystemExit):
@@ -140,17 +145,65 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _read_state(path: Path) -> Any:
+    """A resume checkpoint, its zip CRCs checked first (``torch.load`` does not check them)."""
+    problem = archive_damage(path)
+    if problem is not None:
+        raise ValueError(f"damaged: {problem}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _nonfinite(losses: Mapping[str, float]) -> dict[str, float]:
+    """The loss terms that are NaN or infinite."""
+    return {k: v for k, v in losses.items() if not np.isfinite(v)}
+
+
+class NonFiniteGuard:
+    """Skips the optimiser steps whose gradients are not all finite (none taken, no state changed).
+
+    A step pre-hook on each optimiser of a stage: when any gradient it would apply is NaN or
+    infinite, every gradient of that optimiser is dropped (``grad = None``), so its ``step()``
+    changes neither the weights nor the momentum. :attr:`skipped` names the optimisers skipped
+    since the last :meth:`reset`. Costs one reduction and one device sync per optimiser step.
+    """
+
+    def __init__(self, optimizers: Mapping[str, Optimizer]):
+        self.skipped: list[str] = []
+        self._handles = [opt.register_step_pre_hook(self._hook(name)) for name, opt in optimizers.items()]
+
+    def _hook(self, name: str):
+        def hook(opt: Optimizer, args: Any, kwargs: Any) -> None:
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+                return
+            for group in opt.param_groups:
+                for param in group["params"]:
+                    param.grad = None
+            self.skipped.append(name)
+        return hook
+
+    def reset(self) -> None:
+        self.skipped = []
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
 class Trainer:
     """Runs a :class:`Stage` for ``iterations`` steps with resume, logging and checkpointing."""
 
     def __init__(self, stage: Stage, source: BatchStream, target: BatchStream, *, iterations: int,
                  state_dir: str | os.PathLike, schedule_iters: int, poly_power: float = 0.9,
                  checkpoint_every: int = 1000, log_every: int = 20, validate=None, val_every: int = 0,
-                 select: str = "last", progress: bool = True):
+                 select: str = "last", progress: bool = True, max_nonfinite_skips: int = 0):
         if select not in ("last", "best_on_val"):
             raise ValueError(f"config key 'train.select' must be 'last' or 'best_on_val', got {select!r}")
         if select == "best_on_val" and (validate is None or val_every <= 0):
             raise ValueError("config key 'train.select: best_on_val' needs 'train.val_every' > 0")
+        if int(max_nonfinite_skips) != max_nonfinite_skips or max_nonfinite_skips < 0:
+            raise ValueError(f"config key 'train.max_nonfinite_skips' must be an integer >= 0, "
+                             f"got {max_nonfinite_skips!r}")
         self.stage, self.source, self.target = stage, source, target
         self.iterations, self.state_dir = iterations, Path(state_dir)
         self.checkpoint_every, self.log_every = checkpoint_every, log_every
@@ -159,6 +212,7 @@ class Trainer:
         self.iteration, self.best_iou, self.best_state = 0, -1.0, None
         self.pending_validation = False  # stopped by a signal before the validation due at `iteration`
         self._signal = 0
+        self.max_nonfinite_skips, self.nonfinite_skips = int(max_nonfinite_skips), 0
         self.state_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ state
@@ -174,6 +228,7 @@ class Trainer:
             "best_iou": self.best_iou,
             "best_state": self.best_state,
             "pending_validation": self.pending_validation,
+            "nonfinite_skips": self.nonfinite_skips,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -189,6 +244,7 @@ class Trainer:
         _restore_rng(state["rng"])
         self.iteration, self.best_iou, self.best_state = state["iteration"], state["best_iou"], state["best_state"]
         self.pending_validation = bool(state.get("pending_validation", False))
+        self.nonfinite_skips = int(state.get("nonfinite_skips", 0))
 
     def _resume(self) -> None:
         """Resume from ``last.pt``, else ``previous.pt``; an unreadable one (e.g. truncated) is
@@ -199,7 +255,7 @@ class Trainer:
                 continue
             state, error = None, ""
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = _read_state(path)
             except Exception as exc:  # noqa: BLE001 - any failure to read it means an unusable file
                 error = _first_line(exc)
             if not _every_rank(state is not None, runtime):
@@ -215,7 +271,6 @@ class Trainer:
             except (KeyError, RuntimeError, ValueError, TypeError) as exc:
                 raise ValueError(f"resume checkpoint {path} does not fit this {self.stage.name} run "
                                  f"({_first_line(exc)}); remove {self.state_dir} to start afresh") from exc
-            self._trim_log()
             if runtime.is_main:
                 print(f"[{self.stage.name}] resumed from {path} at iteration {self.iteration}", flush=True)
             return
@@ -236,14 +291,15 @@ class Trainer:
             return
         path = self.state_dir / LOG_FILE
         new = not path.exists() or path.stat().st_size == 0
-        with open(path, "a", newline="") as fh:
+        with reporting_full_disk(path), open(path, "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(row))
             if new:
                 writer.writeheader()
             writer.writerow(row)
 
     def _trim_log(self) -> None:
-        """Drop log rows written after the checkpoint a resumed run starts from."""
+        """Drop log rows written after the iteration a run starts from (0 when it starts afresh):
+        the rows of a killed run past its last resume checkpoint."""
         path = self.state_dir / LOG_FILE
         if not path.is_file() or not self.stage.runtime.is_main:
             return
@@ -252,7 +308,7 @@ class Trainer:
         if not rows:
             return
         keep = [r for r in rows if int(r["iteration"]) <= self.iteration]
-        with open(path, "w", newline="") as fh:
+        with reporting_full_disk(path), open(path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(keep)
@@ -266,6 +322,7 @@ class Trainer:
         """
         with self._catch_stop_signals():
             self._resume()
+            self._trim_log()
             if self.pending_validation:  # due when a signal stopped the previous run
                 self.pending_validation = False
                 self._validate()
@@ -278,14 +335,18 @@ class Trainer:
                    disable=not (self.progress and runtime.is_main and interactive), dynamic_ncols=True,
                    mininterval=1.0)
         start, done = time.perf_counter(), 0
+        guard = NonFiniteGuard(self.stage.optimizers) if self.max_nonfinite_skips else None
         try:
             while self.iteration < self.iterations:
                 src, tgt = next(self.source), next(self.target)
                 self.iteration += 1
+                if guard is not None:
+                    guard.reset()
                 losses = self.stage.step(src, tgt, self.iteration)
                 for sched in self.schedulers.values():
                     sched.step()
                 losses, stop = synchronise(losses, runtime, self._signal)
+                self._check_finite(losses, guard)
                 done += 1
                 ips = done * self.source.batch_size / max(time.perf_counter() - start, 1e-9)
                 bar.update(1)
@@ -309,6 +370,32 @@ class Trainer:
                     self._save_state()
         finally:
             bar.close()
+            if guard is not None:
+                guard.remove()
+
+    def _check_finite(self, losses: Mapping[str, float], guard: NonFiniteGuard | None) -> None:
+        """Stop (:class:`NonFiniteLossError`) on a NaN or infinite loss term, or, while fewer than
+        ``max_nonfinite_skips`` were skipped, report the skipped step in one line and go on.
+
+        Losses are the synchronised ones and gradients all-reduced, so every rank decides alike.
+        The guard also counts a step whose gradients alone were not finite.
+        """
+        bad = _nonfinite(losses)
+        skipped = guard.skipped if guard is not None else []
+        if not bad and not skipped:
+            return
+        terms = ", ".join(f"{k}={v}" for k, v in bad.items()) or "non-finite gradients"
+        where = f"{self.stage.name}: non-finite loss at iteration {self.iteration}/{self.iterations} ({terms})"
+        if self.nonfinite_skips >= self.max_nonfinite_skips:
+            raise NonFiniteLossError(
+                f"{where}; training stopped (train.max_nonfinite_skips: {self.max_nonfinite_skips}, "
+                f"steps skipped before: {self.nonfinite_skips}); nothing of this iteration was saved")
+        self.nonfinite_skips += 1
+        steps = f"optimizer step of {', '.join(skipped)} skipped" if skipped else \
+            "gradients were finite, optimizer steps taken"
+        if self.stage.runtime.is_main:
+            print(f"[{self.stage.name}] {where}: {steps} ({self.nonfinite_skips}/"
+                  f"{self.max_nonfinite_skips} skips used)", file=sys.stderr, flush=True)
 
     def _stopped(self, signum: int) -> None:
         message = (f"{self.stage.name}: stopped by {signal.Signals(signum).name} at iteration "
