@@ -21,9 +21,16 @@ shapes in fp32 / bf16 / bf16 + channels_last, and a 2-process DDP run when two G
 3. DDP: with two or more GPUs, ``python -m torch.distributed.run --standalone --nproc_per_node=2
    -m proda.cli warmup ...`` for ``--ddp-iters`` iterations at the same shapes (pass/fail, wall time).
 
+4. Scale table (``--scale-table``): benchmarks/memory.py's modelled steps (warm-up, stage 1 with and
+   without the model's ``checkpointing``, stages 2/3, the soft-label, hard-label and evaluation
+   passes) on real tensors on the device, in fp32 and bf16: CUDA ``max_memory_allocated`` (on a CPU
+   the live-tensor tracker of memory.py) and the bf16 seconds per step, printed as memory.py's table
+   (the same columns; the GPU column filled). ``--skip-stages`` skips part 2. Only the scale table:
+       bash benchmarks/gpu_check.sh --skip-workflow --skip-stages --skip-ddp --scale-table
+
 ``--tiny`` uses tiny shapes (resnet18, base width 8, 32 head channels, 96x48 images, 64x32 crops,
 batch 2, as config/tiny.yaml). Prints progress as it goes and one Markdown table at the end (machine,
-date, git commit) for the README. Exits 1 if any part fails.
+date, git commit) for benchmarks/README.md. Exits 1 if any part fails.
 """
 from __future__ import annotations
 
@@ -186,7 +193,7 @@ def prepare(cfg: dict, work: Path) -> dict[str, Path]:
     from proda import steps
     from proda.models import save_checkpoint
     from proda.runtime import seed_everything
-    from proda.train.setup import new_model
+    from proda.train.builders import new_model
 
     seed_everything(cfg["seed"])
     paths = {"warmup": work / "warmup.pt", "soft": work / "soft.h5", "protos": work / "protos.h5",
@@ -352,6 +359,25 @@ def stage_checks(args: argparse.Namespace, shapes: dict, work: Path, cuda: bool,
     return failed, roots
 
 
+# ---------------------------------------------------------------------------- scale table
+def scale_table(args: argparse.Namespace, shapes: dict) -> tuple[bool, str]:
+    """Part 4: memory.py's rows measured on this device: (no configuration failed, the table)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import memory
+
+    data = shapes["data"]
+    cfg = memory.preset(None, data={"batch_size": data["batch_size"], "resize": data["resize"], "crop": data["crop"],
+                                    "source": {"size": data["source"]["size"]},
+                                    "target": {"size": data["target"]["size"]}},
+                        model=dict(shapes["model"]), eval={"batch_size": data["batch_size"]})
+    say(f"part 4: scale table on {args.device} ({memory.shapes_of(cfg)})")
+    measured, secs = memory.measure_device(cfg, args.device, warmup=max(args.warmup_steps, 1), steps=args.steps,
+                                           say=lambda line: say(line))
+    ok = all(r[p] == r[p] for r in measured for p in ("fp32", "bf16"))  # NaN: failed
+    say(f"part 4: {'pass' if ok else 'FAIL'}")
+    return ok, memory.table(measured, cfg, rate=None, gpu=secs)
+
+
 # ---------------------------------------------------------------------------- table
 def table(rows: list[dict], header: str) -> str:
     lines = [header, "",
@@ -372,6 +398,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="tiny shapes (config/tiny.yaml) instead of the paper's")
     p.add_argument("--skip-workflow", action="store_true", help="skip part 1 (the tiny workflow end to end)")
     p.add_argument("--skip-ddp", action="store_true", help="skip part 3 even with two GPUs")
+    p.add_argument("--skip-stages", action="store_true", help="skip part 2 (the stage steps; DDP then skips too)")
+    p.add_argument("--scale-table", action="store_true",
+                   help="part 4: memory.py's per-stage peak memory and step time on this device")
     p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per configuration (default 2)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per configuration (default 3)")
     p.add_argument("--ddp-iters", type=int, default=4, help="iterations of the DDP run (default 4)")
@@ -406,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     failed = False
+    scale = ""
     signal.signal(signal.SIGTERM, _stop)
     try:
         # 1. the tiny workflow end to end
@@ -421,13 +451,17 @@ def main(argv: list[str] | None = None) -> int:
             say(f"part 1: {'pass' if ok else 'FAIL'} in {seconds:.1f} s")
 
         # 2. one step of every stage in every precision
-        stage_failed, roots = stage_checks(args, shapes, work, cuda, rows)
-        failed |= stage_failed
+        if args.skip_stages:
+            say("part 2 (stage steps): skipped (--skip-stages)")
+            roots = None
+        else:
+            stage_failed, roots = stage_checks(args, shapes, work, cuda, rows)
+            failed |= stage_failed
 
         # 3. DDP on two GPUs
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if args.skip_ddp:
-            say("part 3 (DDP): skipped (--skip-ddp)")
+        if args.skip_ddp or args.skip_stages:
+            say("part 3 (DDP): skipped (--skip-ddp)" if args.skip_ddp else "part 3 (DDP): skipped (--skip-stages)")
         elif roots is None:
             failed = True
             rows.append({"check": "DDP (2 processes)", "result": "FAIL (no data: see part 2)"})
@@ -443,6 +477,18 @@ def main(argv: list[str] | None = None) -> int:
                          "precision": "bf16",
                          "result": f"{'pass' if ok else 'FAIL (' + why + ')'}, {seconds:.1f} s"})
             say(f"part 3: {'pass' if ok else 'FAIL'} in {seconds:.1f} s")
+
+        # 4. the scale table
+        if args.scale_table:
+            try:
+                ok, scale = scale_table(args, shapes)
+            except Exception as exc:  # noqa: BLE001 (reported in the table)
+                traceback.print_exc()
+                ok = False
+                say(f"part 4: FAIL ({first_line(exc)})")
+            failed |= not ok
+            rows.append({"check": "scale table (part 4)", "precision": "fp32, bf16",
+                         "result": "pass" if ok else "FAIL (see part 4)"})
     except TimeLimit:
         failed = True
         say("stopped by SIGTERM (the time limit): the table holds what finished")
@@ -457,6 +503,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, f"{header}; s / iteration: median of {args.steps} timed steps after "
                       f"{args.warmup_steps} untimed; peak memory: {mem_kind}"))
     print(flush=True)
+    if scale:
+        kind = "CUDA max allocated" if cuda else "live tensors (memory.py tracker)"
+        print(f"{header}; scale table: peak memory {kind} per configuration, bf16 s / step: median of "
+              f"{args.steps} after {args.warmup_steps} untimed")
+        print()
+        print(scale)
+        print(flush=True)
     return 1 if failed else 0
 
 

@@ -3,6 +3,9 @@
 #   bash benchmarks/gpu_check.sh                          # on a CUDA machine: workflow, stage steps, DDP
 #   bash benchmarks/gpu_check.sh --device cpu --tiny      # tiny shapes on a CPU (well under a minute)
 #   bash benchmarks/gpu_check.sh --skip-workflow          # only the stage steps (and DDP)
+#   bash benchmarks/gpu_check.sh --skip-workflow --skip-stages --skip-ddp --scale-table
+#                                                         # only benchmarks/memory.py's table measured on
+#                                                         # the GPU: peak memory and s / step per stage/pass
 # Every other option: bash benchmarks/gpu_check.sh --help. The time limit in seconds is GPU_CHECK_TIMEOUT
 # (default 570: inside a 10-minute job); on SIGTERM the check still prints the table of what finished.
 # PYTHON overrides the interpreter (default: .venv/bin/python, else python3 on PATH).

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh on a CPU at tiny shapes: every stage in every precision steps, and the
-Markdown table the README takes is printed (the CUDA run is the same code at the paper's shapes)."""
+Markdown table benchmarks/README.md takes is printed (the CUDA run is the same code at the paper's
+shapes)."""
 from __future__ import annotations
 
 import os
@@ -66,3 +67,22 @@ def test_cuda_without_a_gpu_fails_with_one_line():
     run = gpu_check("--skip-workflow", timeout=60)
     assert run.returncode == 1
     assert "--device cuda but torch sees no CUDA device" in run.stdout
+
+
+def test_tiny_cpu_scale_table_prints_memory_pys_table_with_the_gpu_column_filled():
+    run = gpu_check("--device", "cpu", "--tiny", "--skip-workflow", "--skip-stages", "--skip-ddp", "--scale-table",
+                    "--threads", "1", "--steps", "1", "--warmup-steps", "1", timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert "part 2 (stage steps): skipped (--skip-stages)" in out
+    assert table_rows(out)[("scale table (part 4)", "fp32, bf16")][-1] == "pass"
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| stage / pass | fp32 GiB | bf16 GiB |"))
+    rows = [line for line in lines[start + 2:] if line.startswith("|")]
+    labels = [line.split("|")[1].strip() for line in rows]
+    assert any(label.startswith("stage-1 step, model checkpointing=True") for label in labels)
+    assert len(rows) == 8
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[1]) >= 0 and float(cells[2]) >= 0
+        assert cells[-1].endswith(" d") and float(cells[-1].split(" s,")[0]) > 0, line

@@ -290,3 +290,82 @@ def test_discriminator_activations():
     ref = F.conv2d(h, d.classifier.weight, d.classifier.bias)
     with torch.no_grad():
         torch.testing.assert_close(d(x), ref)
+
+
+# ---------------------------------------------------------------- activation checkpointing ----
+
+def _train_step(model: DeepLabV2, x: torch.Tensor, seed: int) -> dict:
+    """One forward/backward in train mode (dropout on), returning outputs and gradients."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    out = model(x)
+    (out["out"].square().mean() + out["feat"].abs().mean()).backward()
+    return {"feat": out["feat"].detach(), "out": out["out"].detach(),
+            "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}}
+
+
+@pytest.mark.parametrize("backbone,bn_clr", [("resnet18", False), ("resnet101", True)])
+def test_checkpointing_keeps_gradients_bn_statistics_and_dropout_draws(backbone, bn_clr):
+    torch.manual_seed(1)
+    plain = small(backbone=backbone, bn_clr=bn_clr, base_width=4 if backbone == "resnet101" else 8)
+    ckpt = DeepLabV2(**plain.config(), checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.checkpointing and not plain.checkpointing
+    x = torch.randn(2, 3, 41, 57)
+    for seed in (3, 4):  # two steps: the stats after a second update too
+        a, b = _train_step(plain, x, seed), _train_step(ckpt, x, seed)
+        # dropout masks drawn identically (feat is the dropout's output), so are the logits
+        assert torch.equal(a["feat"] != 0, b["feat"] != 0)
+        torch.testing.assert_close(b["feat"], a["feat"], rtol=1e-6, atol=0)
+        torch.testing.assert_close(b["out"], a["out"], rtol=1e-6, atol=0)
+        assert a["grads"].keys() == b["grads"].keys() and len(a["grads"]) == len(list(plain.parameters()))
+        for name, g in a["grads"].items():
+            rel = (b["grads"][name] - g).norm() / g.norm().clamp_min(1e-30)
+            assert rel <= 1e-6, (name, rel.item())
+        # running statistics and num_batches_tracked exactly as without checkpointing (updated once)
+        for (name, buf), (name2, buf2) in zip(plain.named_buffers(), ckpt.named_buffers()):
+            assert name == name2
+            assert torch.equal(buf, buf2), name
+    assert int(ckpt.bn1.num_batches_tracked) == 2
+    assert all(m.track_running_stats for m in ckpt.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_checkpointing_is_off_by_default_and_changes_no_output_or_state():
+    torch.manual_seed(0)
+    model = small()
+    assert model.checkpointing is False
+    assert "checkpointing" not in model.config()
+    keys = list(model.state_dict())
+    model.checkpointing = True
+    assert list(model.state_dict()) == keys
+    x = torch.randn(2, 3, 33, 49)
+    model.eval()
+    with torch.no_grad():
+        on = model(x)
+    model.checkpointing = False
+    with torch.no_grad():
+        off = model(x)
+    assert set(on) == {"feat", "out"} and on["feat"].shape == (2, 16, output_size(33), output_size(49))
+    assert torch.equal(on["feat"], off["feat"]) and torch.equal(on["out"], off["out"])
+
+
+def test_checkpointing_recomputes_in_backward_and_stores_less():
+    """The checkpointed step keeps fewer saved activations (counted with saved-tensor hooks)."""
+    def saved_bytes(model: DeepLabV2) -> int:
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+        model.train()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(torch.randn(2, 3, 64, 64))["out"]
+        out.sum().backward()
+        return total
+
+    torch.manual_seed(0)
+    plain = small(backbone="resnet50", base_width=8)
+    ckpt = DeepLabV2(**plain.config(), checkpointing=True)
+    assert saved_bytes(ckpt) < 0.5 * saved_bytes(plain)

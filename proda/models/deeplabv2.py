@@ -6,9 +6,12 @@ so that its state dict, released checkpoints and random draws match. Smaller bac
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 # name -> (block kind, blocks per layer)
 BACKBONES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -90,6 +93,38 @@ class SEBlock(nn.Module):
         return x * weight[:, :, None, None]
 
 
+@contextlib.contextmanager
+def _frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm in ``module`` without running-statistics updates (train mode still normalises with
+    the batch statistics, and saves the same tensors for backward).
+
+    The recomputation of a checkpointed segment runs its BatchNorms' forward a second time; without
+    this, ``running_mean``/``running_var`` would move twice and ``num_batches_tracked`` count twice.
+    Momentum 0 makes the second update ``1 * running + 0 * batch`` (the stats unchanged, bit for
+    bit); ``num_batches_tracked`` is put back afterwards."""
+    bns = [m for m in module.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def _checkpointed(fn: Callable[[Tensor], Tensor], owner: nn.Module, x: Tensor) -> Tensor:
+    """``fn(x)`` with its activations recomputed in backward instead of stored (same maths:
+    non-reentrant checkpoint restores the RNG state; the recompute leaves the running statistics of
+    ``owner``'s BatchNorms alone)."""
+    return checkpoint(fn, x, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _frozen_running_stats(owner)))
+
+
 def _conv_gn(cin: int, cout: int, groups: int, kernel: int, dilation: int) -> nn.Sequential:
     pad = 0 if kernel == 1 else dilation
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=True),
@@ -138,10 +173,16 @@ class DeepLabV2(nn.Module):
 
     The official model is ``DeepLabV2(C)`` (ResNet-101, 256 head channels); its state dict
     equals the official ``ResNet101`` one key for key (docs/method.md §1.7).
+
+    ``checkpointing=True`` (also settable later as the attribute ``model.checkpointing``) stores only
+    the input of the stem and of every residual block while training with gradients, and recomputes
+    the rest in backward: the same gradients, BatchNorm statistics and dropout draws as without it,
+    for ≈1/3 more backbone compute and much less activation memory (benchmarks/README.md). It is an
+    execution option, not architecture: not in :meth:`config`, not in the state dict.
     """
 
     def __init__(self, num_classes: int, backbone: str = "resnet101", bn_clr: bool = False,
-                 head_channels: int = 256, base_width: int = 64) -> None:
+                 head_channels: int = 256, base_width: int = 64, checkpointing: bool = False) -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
@@ -151,6 +192,7 @@ class DeepLabV2(nn.Module):
         block = Bottleneck if kind == "bottleneck" else BasicBlock
         self.num_classes, self.backbone, self.bn_clr = num_classes, backbone, bn_clr
         self.head_channels, self.base_width = head_channels, base_width
+        self.checkpointing = bool(checkpointing)
         self.inplanes = base_width
         self.conv1 = nn.Conv2d(3, base_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(base_width)
@@ -197,9 +239,17 @@ class DeepLabV2(nn.Module):
         return {"num_classes": self.num_classes, "backbone": self.backbone, "bn_clr": self.bn_clr,
                 "head_channels": self.head_channels, "base_width": self.base_width}
 
+    def _stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            x = _checkpointed(self._stem, self.bn1, x)
+            for block in (*self.layer1, *self.layer2, *self.layer3, *self.layer4):
+                x = _checkpointed(block, block, x)
+        else:
+            x = self._stem(x)
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         if self.bn_clr:
             x = self.bn_pretrain(x)
         return self.layer5(x)
