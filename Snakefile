@@ -29,6 +29,7 @@ include: "workflow/rules/prototypes.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/predict.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -36,6 +37,7 @@ report: "workflow/report/workflow.rst"
 
 localrules:
     all,
+    manifest,
     report,
 
 
@@ -43,6 +45,7 @@ rule all:
     default_target: True
     input:
         final_targets(),
+        predict_targets(),
 
 
 onsuccess:

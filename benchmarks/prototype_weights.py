@@ -1,4 +1,5 @@
-"""How sharp are stage 1's rectification weights on the toy benchmark? (README, diagnosis item 4)
+"""How sharp are stage 1's rectification weights on the toy benchmark? (docs/toy-benchmark.md,
+diagnosis item 4)
 
 For each seed of the study (``config.yaml`` + ``config/study.yaml``; run ``make study`` first), the
 warm-up model (in train mode, as the official EMA teacher runs) embeds the first target train
@@ -25,7 +26,7 @@ from proda.config import resolve
 from proda.models import build_model
 from proda.plan import study
 from proda.prototypes import load_prototypes, prototype_distance, weights_from_distances
-from proda.train.setup import target_dataset
+from proda.train.builders import target_dataset
 
 
 @torch.no_grad()

@@ -63,7 +63,7 @@ from proda.prototypes import (class_mean_vectors, moving_update, prototype_dista
                               rectification_weights, rectify_pseudo_labels)
 from proda.pseudo_labels import generate_hard, generate_soft  # noqa: E402
 from proda.train.optim import make_sgd, single_group  # noqa: E402
-from proda.train.setup import up  # noqa: E402
+from proda.resize import up  # noqa: E402
 
 FULL = {"proto": dict(n=4, d=256, h=128, w=224, c=19),
         "soft": dict(c=19, h=129, w=257, images=3),

@@ -1,4 +1,5 @@
-"""How good are the distillation teachers' targets on the strong view? (README, diagnosis item 6)
+"""How good are the distillation teachers' targets on the strong view? (docs/toy-benchmark.md,
+diagnosis items 5-6)
 
 Stages 2 and 3 distil the teacher's prediction on the strong (RandAugment) view of each target
 crop: the teacher runs in eval mode on the image the student sees. For each seed of the study
@@ -31,7 +32,8 @@ from proda.metrics import iou_table
 from proda.models import build_model
 from proda.plan import study
 from proda.quality import QualityAccumulator
-from proda.train.setup import target_dataset, training_view, up
+from proda.train.builders import target_dataset, training_view
+from proda.resize import up
 
 TEACHERS = {"stage2": "stage1", "stage3": "stage2"}   # distillation stage -> its teacher's stage
 

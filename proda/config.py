@@ -19,32 +19,9 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
-# Keys that tune execution only (never the numbers an artifact holds): not part of any step view.
-EXECUTION_KEYS = {"device", "channels_last", "num_workers", "log_every", "checkpoint_every"}
-
-_TRAIN_DATA = ("n_class", "source", "target", "batch_size", "resize", "scale_range", "crop", "hflip",
-               "drop_last")
-_TARGET_DATA = ("n_class", "target")
-
-# For each workflow step: the config entries its output depends on (section, optional sub-keys).
-# Together with the step's input files they make the step's identity (its folder name).
-STEP_KEYS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
-    "toycity": (("data", ("toycity",)),),
-    "warmup": (("parity", None), ("seed", None), ("precision", None), ("data", _TRAIN_DATA),
-               ("model", None), ("train", None), ("warmup", None)),
-    "soft_labels": (("parity", None), ("precision", None), ("data", _TARGET_DATA), ("model", None),
-                    ("soft_labels", None)),
-    "prototypes": (("parity", None), ("precision", None), ("data", ("n_class", "source", "target", "batch_size")),
-                   ("model", None), ("prototypes", None)),
-    "stage1": (("parity", None), ("seed", None), ("precision", None), ("data", _TRAIN_DATA), ("model", None),
-               ("train", None), ("stage1", None)),
-    "hard_labels": (("precision", None), ("data", _TARGET_DATA), ("model", None), ("hard_labels", None)),
-    "stage2": (("parity", None), ("seed", None), ("precision", None), ("data", _TRAIN_DATA), ("model", None),
-               ("train", None), ("stage2", None)),
-    "stage3": (("parity", None), ("seed", None), ("precision", None), ("data", _TRAIN_DATA), ("model", None),
-               ("train", None), ("stage3", None)),
-    "evaluate": (("precision", None), ("data", _TARGET_DATA), ("model", None), ("eval", None)),
-}
+# Keys that tune execution only (never the numbers an artifact holds): part of no step view. The
+# step views themselves are declared in the step registry (proda/registry.py).
+EXECUTION_KEYS = {"device", "num_workers", "log_every", "checkpoint_every", "max_nonfinite_skips"}
 
 
 # The confidence levels hard-label stores keep exactly (proda.pseudo_labels): the thresholds allowed.
@@ -124,6 +101,8 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     if error.validator == "required":
         missing = [k for k in error.validator_value if k not in error.instance]
         return f"missing config key '{'.'.join(path + missing[:1])}'"
+    if "x-message" in error.schema:  # the schema's own words for a rule its regex states poorly
+        return f"config key '{'.'.join(path)}' {error.schema['x-message']}, got {error.instance!r}"
     return f"config key '{'.'.join(path)}': {error.message}"
 
 
@@ -260,11 +239,14 @@ def _sorted(value: Any) -> Any:
 
 
 def step_view(config: Mapping[str, Any], step: str) -> dict[str, Any]:
-    """The part of ``config`` that determines the output of ``step`` (keys sorted)."""
-    if step not in STEP_KEYS:
-        raise ConfigError(f"unknown workflow step '{step}' (known: {', '.join(STEP_KEYS)})")
+    """The part of ``config`` that determines the output of ``step`` (its registry view, keys sorted):
+    the settings its job receives and the identity its folder is named after."""
+    from proda.registry import STEPS
+
+    if step not in STEPS:
+        raise ConfigError(f"unknown workflow step '{step}' (known: {', '.join(STEPS)})")
     view: dict[str, Any] = {}
-    for section, subkeys in STEP_KEYS[step]:
+    for section, subkeys in STEPS[step].view:
         value = config.get(section)
         if subkeys is not None:
             value = {k: value[k] for k in subkeys if k in value}
@@ -274,14 +256,21 @@ def step_view(config: Mapping[str, Any], step: str) -> dict[str, Any]:
     return _sorted(view)
 
 
+def job_config(view: Mapping[str, Any], execution: Mapping[str, Any]) -> dict[str, Any]:
+    """What a workflow job runs on: its step view plus the run's execution-only settings (the two
+    hold different keys; no defaults are merged in again)."""
+    return deep_merge(view, execution)
+
+
 def complete(view: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A full config from a step view (missing keys from the defaults) plus execution settings."""
     return deep_merge(deep_merge(load_defaults(), view), extra or {})
 
 
 def without_execution(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` without its execution-only keys (what a job that reads the whole config tracks)."""
-    out = {k: v for k, v in config.items() if k not in EXECUTION_KEYS | {"unsafe_pickle"}}
+    """``config`` without its execution-only keys and the ``predict`` target (what a job that reads
+    the whole run's config tracks)."""
+    out = {k: v for k, v in config.items() if k not in EXECUTION_KEYS | {"unsafe_pickle", "predict"}}
     for section in ("data", "train"):
         out[section] = {k: v for k, v in config[section].items() if k not in EXECUTION_KEYS}
     return _sorted(out)
@@ -289,11 +278,11 @@ def without_execution(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def execution_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The execution-only part of a config (what a step view leaves out)."""
-    return {"device": config["device"], "channels_last": config["channels_last"],
-            "unsafe_pickle": config["unsafe_pickle"],
+    return {"device": config["device"], "unsafe_pickle": config["unsafe_pickle"],
             "data": {"num_workers": config["data"]["num_workers"]},
             "train": {"log_every": config["train"]["log_every"],
-                      "checkpoint_every": config["train"]["checkpoint_every"]}}
+                      "checkpoint_every": config["train"]["checkpoint_every"],
+                      "max_nonfinite_skips": config["train"]["max_nonfinite_skips"]}}
 
 
 # ------------------------------------------------------------------------------ documentation

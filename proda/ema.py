@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from proda.models.checkpoint import unwrap
+from proda.models.syncbn import convert_sync_batchnorm
 
 
 def make_ema(model: nn.Module, sync_bn: torch.device | None = None) -> nn.Module:
@@ -23,8 +24,6 @@ def make_ema(model: nn.Module, sync_bn: torch.device | None = None) -> nn.Module
     """
     ema = copy.deepcopy(unwrap(model))
     if sync_bn is not None:
-        from proda.train.syncbn import convert_sync_batchnorm
-
         ema = convert_sync_batchnorm(ema, sync_bn)
     for param in ema.parameters():
         param.requires_grad_(False)

@@ -14,7 +14,8 @@ named after the digest of its own config view and its other inputs::
 Two experiments whose upstream config is identical therefore name the same folders (Snakemake
 builds them once), a changed value names a new folder (its old one stays, so switching back
 finds it), and a deleted folder is simply rebuilt. :func:`plan` is the only place that says
-which step consumes which artifact: the Snakemake rules take their inputs from it.
+which artifact fills which input role of a step (the roles, names and views come from the step
+registry, proda/registry.py): the Snakemake rules take their input paths from it.
 """
 from __future__ import annotations
 
@@ -25,10 +26,9 @@ from typing import Any, Mapping
 
 from proda.config import step_view
 from proda.files import digest
+from proda.registry import STAGES, STEPS
 
-STAGES = ("warmup", "stage1", "stage2", "stage3")
 DIGEST = "[0-9a-f]{12}"  # the name suffix of every artifact (proda.files.digest)
-SUFFIX = {"soft_labels": ".h5", "prototypes": ".h5", "hard_labels": ".h5", "evaluate": ".csv"}
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,7 @@ class Artifact:
     @property
     def output(self) -> str:
         """The artifact's main file (a model folder's model.pt; the toy benchmark's folder)."""
-        if self.step in STAGES:
-            return f"{self.node}/model.pt"
-        return self.node if self.step == "toycity" else f"{self.node}{SUFFIX[self.step]}"
+        return next(iter(STEPS[self.step].files(self.node).values()))
 
 
 @dataclass
@@ -57,8 +55,13 @@ class Plan:
     config: dict[str, Any] = field(default_factory=dict)   # the run's config (dataset roots resolved)
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)   # stage -> model folder
-    evals: dict[str, str] = field(default_factory=dict)    # stage -> evaluation CSV
+    per_model: dict[str, dict[str, str]] = field(default_factory=dict)  # per-model step -> stage -> file
     pseudo: dict[str, str] = field(default_factory=dict)   # soft, prototypes, hard_stage1, hard_stage2 files
+
+    @property
+    def evals(self) -> dict[str, str]:
+        """stage -> its evaluation CSV."""
+        return self.per_model.get("evaluate", {})
 
     @property
     def train_logs(self) -> dict[str, str]:
@@ -76,9 +79,9 @@ class Plan:
         return [art.output for art in self.artifacts.values()]
 
     def manifest(self) -> dict[str, Any]:
-        """What the experiment used, relative to the results_dir: each stage's model and evaluation
-        CSV, and every artifact (``proda prune`` keeps exactly the folders manifests name)."""
-        root = os.path.dirname(self.folder)
+        """What the run uses, relative to the results_dir: each stage's model and evaluation CSV,
+        and every artifact (``proda prune`` keeps exactly the folders manifests name)."""
+        root = self.config["results_dir"]
 
         def rel(path: str) -> str:
             return os.path.relpath(path, root)
@@ -143,35 +146,48 @@ def plan(cfg: Mapping[str, Any], *, folder: str | None = None, last: str = "stag
     def view(step: str) -> dict[str, Any]:
         return step_view(cfg, step)
 
+    checked = p.add("check_data", _child(f"{res}/data", "check", view("check_data")), data, view("check_data")).output
     given = cfg["warmup"]["checkpoint"]
     warm_inputs = {"checkpoint": given} if given else {**data, **_weights(cfg["model"]["imagenet"], "weights")}
+    warm_inputs["checked"] = checked  # every label the run reads is checked before the first training
     warmup = p.add("warmup", _child(f"{res}/runs", "warmup", view("warmup"), _external(given or cfg["model"]["imagenet"])),
                    warm_inputs, view("warmup")).node
     p.models["warmup"] = warmup
     if last != "warmup":
-        soft = p.add("soft_labels", _child(warmup, "soft_labels", view("soft_labels")),
-                     {"checkpoint": f"{warmup}/model.pt", **data}, view("soft_labels")).node
-        protos = p.add("prototypes", _child(warmup, "prototypes", view("prototypes")),
-                       {"checkpoint": f"{warmup}/model.pt", **data}, view("prototypes")).node
-        stage1 = p.add("stage1", _child(warmup, "stage1", view("stage1"), Path(soft).name, Path(protos).name),
-                       {"warmup": f"{warmup}/model.pt", "soft": f"{soft}.h5", "prototypes": f"{protos}.h5", **data},
+        soft = _file_artifact(p, "soft_labels", warmup, {"checkpoint": f"{warmup}/model.pt", **data})
+        protos = _file_artifact(p, "prototypes", warmup, {"checkpoint": f"{warmup}/model.pt", **data})
+        stage1 = p.add("stage1", _child(warmup, "stage1", view("stage1"), _name(soft), _name(protos)),
+                       {"warmup": f"{warmup}/model.pt", "soft": soft, "prototypes": protos, **data},
                        view("stage1")).node
         p.models["stage1"] = stage1
-        p.pseudo.update(soft=f"{soft}.h5", prototypes=f"{protos}.h5")
+        p.pseudo.update(soft=soft, prototypes=protos)
     for stage in STAGES[2:STAGES.index(last) + 1]:
-        teacher = p.models[STAGES[STAGES.index(stage) - 1]]
-        hard = p.add("hard_labels", _child(teacher, "hard_labels", view("hard_labels")),
-                     {"checkpoint": f"{teacher}/model.pt", **data}, view("hard_labels")).node
-        p.pseudo[f"hard_{STAGES[STAGES.index(stage) - 1]}"] = f"{hard}.h5"
+        before = STAGES[STAGES.index(stage) - 1]
+        teacher = p.models[before]
+        hard = _file_artifact(p, "hard_labels", teacher, {"checkpoint": f"{teacher}/model.pt", **data})
+        p.pseudo[f"hard_{before}"] = hard
         init = _student_init(cfg, stage, warmup)
-        node = _child(teacher, stage, view(stage), Path(hard).name, _external(init.get("weights")))
-        p.models[stage] = p.add(stage, node, {"teacher": f"{teacher}/model.pt", "labels": f"{hard}.h5", **init,
-                                              **data}, view(stage)).node
-    for stage, model in p.models.items():
-        ev = p.add("evaluate", _child(model, "eval", view("evaluate")), {"checkpoint": f"{model}/model.pt", **data},
-                   view("evaluate"))
-        p.evals[stage] = f"{ev.node}.csv"
+        node = _child(teacher, stage, view(stage), _name(hard), _external(init.get("weights")))
+        p.models[stage] = p.add(stage, node, {"teacher": f"{teacher}/model.pt", "labels": hard, **init, **data},
+                                view(stage)).node
+    for spec in STEPS.values():
+        if spec.per_model:  # e.g. the evaluation: on every stage's model
+            p.per_model[spec.name] = {stage: _file_artifact(p, spec.name, model, {spec.consumes[0]: f"{model}/model.pt",
+                                                                                  **data})
+                                      for stage, model in p.models.items()}
     return p
+
+
+def _file_artifact(p: Plan, step: str, parent: str, inputs: Mapping[str, str]) -> str:
+    """Add the artifact of a step that reads one model (pseudo labels, prototypes, evaluations) to
+    ``p``, in ``parent``'s folder, named by its view; returns its main file."""
+    view = step_view(p.config, step)
+    return p.add(step, _child(parent, STEPS[step].stem, view), inputs, view).output
+
+
+def _name(path: str) -> str:
+    """An artifact file's name without its suffix (what names the artifacts that read it)."""
+    return Path(path).with_suffix("").name
 
 
 def _weights(path: str | None, name: str) -> dict[str, str]:

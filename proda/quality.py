@@ -34,7 +34,7 @@ from proda.prototypes import rectification_weights, rectify_pseudo_labels
 from proda.pseudo_labels import HardLabelStore, SoftLabelStore
 from proda.report import save_figure
 from proda.runtime import resolve_device
-from proda.train.setup import up
+from proda.resize import up
 
 PathLike = str | os.PathLike
 ArrayLike = Tensor | np.ndarray

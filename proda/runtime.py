@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from proda.models.syncbn import convert_sync_batchnorm
+
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """``auto`` → CUDA when available (the local rank's GPU under torchrun), else CPU; ``cuda``
@@ -90,8 +92,6 @@ class Runtime:
         """DistributedDataParallel (with SyncBatchNorm) under torchrun, the model itself otherwise."""
         if not self.distributed:
             return model
-        from proda.train.syncbn import convert_sync_batchnorm
-
         model = convert_sync_batchnorm(model, self.device)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -1,7 +1,10 @@
-"""One function per pipeline step: files in, artifact out. The Snakemake workers and the CLI call these.
+"""One function per pipeline step: files in, artifact out (the step registry, proda/registry.py,
+names them). The workflow's jobs (proda/jobs.py) and the CLI call these.
 
-Every function takes a complete config (``proda.config.resolve`` / ``complete``) and paths; artifacts
-are written atomically, so an interrupted step never leaves a half-written output behind.
+Every step function takes the config (a resolved one, or a job's view plus its execution settings),
+its input artifacts as keyword arguments named by their registry roles, and ``out`` (training steps
+also ``state_dir``). Artifacts are written atomically, so an interrupted step never leaves a
+half-written output behind.
 """
 from __future__ import annotations
 
@@ -19,27 +22,49 @@ from proda.models import build_model, save_checkpoint, unwrap
 from proda.files import atomic_path, digest, file_sha256
 from proda.train.loop import LOG_FILE, Stage, Trainer
 from proda.train.optim import schedule_length
+from proda.registry import TRAIN_LOG
 from proda.runtime import Runtime, make_runtime, seed_everything
 from proda.train.resume import job_fingerprint, prepare_state_dir
-from proda.train.setup import source_dataset, stream, target_dataset, training_view
+from proda.train.builders import source_dataset, stream, target_dataset, training_view
 
 PathLike = str | os.PathLike
-TRAIN_LOG = "train.csv"  # the per-iteration log exported beside each trained model
 
 
 def _meta(cfg: Mapping[str, Any], step: str, **extra: Any) -> dict[str, Any]:
-    return {"stage": step, "config_digest": digest(step_view(cfg, step), 16), **extra}
+    """A checkpoint's own metadata: its stage, the digest of its view and the target image size it
+    was trained for (``proda predict`` resizes images to it)."""
+    return {"stage": step, "config_digest": digest(step_view(cfg, step), 16),
+            "target_size": list(cfg["data"]["target"]["size"] or []), **extra}
 
 
 # ---------------------------------------------------------------------------- data
-def toycity(cfg: Mapping[str, Any], out_dir: PathLike) -> dict[str, Path]:
-    """Generate the toy-city benchmark (``data.toycity`` options) into ``out_dir``."""
+def toycity(cfg: Mapping[str, Any], out: PathLike) -> dict[str, Path]:
+    """Generate the toy-city benchmark (``data.toycity`` options) into the folder ``out``."""
     from proda.data.toycity import generate
 
     options = cfg["data"]["toycity"]
     if not options:
         raise ValueError("config key 'data.toycity' is empty: nothing to generate")
-    return generate(out_dir, **options)
+    return generate(out, **options)
+
+
+def check_data(cfg: Mapping[str, Any], out: PathLike) -> list[dict]:
+    """Every label of every split the run reads (source train, target train when label quality is
+    reported, the target evaluation split): ids in the label table, size equal to its image's.
+    Writes the report (YAML) to ``out``; the first bad label stops it with one line naming it."""
+    import yaml
+
+    from proda.data.checks import check_splits
+
+    reads = [("source", "train", True), ("target", "train", bool(cfg["report"]["label_quality"])),
+             ("target", cfg["eval"]["split"], True)]
+    rows = check_splits(cfg["data"], reads, threads=torch.get_num_threads())
+    with atomic_path(out) as tmp:
+        tmp.write_text(yaml.safe_dump({"splits": rows}, sort_keys=False))
+    for row in rows:
+        print(f"{row['side']} {row['split']}: {row['images']} images, {row['labels_checked']} labels checked "
+              f"in {row['seconds']} s", flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------------------- training
@@ -76,7 +101,7 @@ def _validator(cfg: Mapping[str, Any], runtime: Runtime):
     return validate
 
 
-def run_job(job: Job, cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike, step: str,
+def run_job(job: Job, cfg: Mapping[str, Any], out: PathLike, state_dir: PathLike, step: str,
             inputs: Sequence[PathLike | None] = ()) -> None:
     """Train ``job`` with the shared loop and export its final model in the official layout, with
     its per-iteration log ``train.csv`` beside it. Resume state in ``state_dir`` is used only when
@@ -90,15 +115,16 @@ def run_job(job: Job, cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: Pat
                       schedule_iters=schedule_length(job.iterations, train["train_iters"], bool(cfg["parity"])),
                       poly_power=train["poly_power"], checkpoint_every=train["checkpoint_every"],
                       log_every=train["log_every"], validate=_validator(cfg, runtime),
-                      val_every=train["val_every"], select=train["select"])
+                      val_every=train["val_every"], select=train["select"],
+                      max_nonfinite_skips=train["max_nonfinite_skips"])
     trainer.run()
     if runtime.is_main:
         model = unwrap(job.stage.student)
         model.load_state_dict(trainer.final_student_state())
-        save_checkpoint(out_ckpt, model, prototypes=job.stage.prototypes(), iteration=trainer.iteration,
+        save_checkpoint(out, model, prototypes=job.stage.prototypes(), iteration=trainer.iteration,
                         best_iou=max(trainer.best_iou, 0.0), meta=_meta(cfg, step),
                         extra=job.stage.export_extra())
-        with atomic_path(Path(out_ckpt).with_name(TRAIN_LOG)) as tmp:
+        with atomic_path(Path(out).with_name(TRAIN_LOG)) as tmp:
             shutil.copyfile(Path(state_dir) / LOG_FILE, tmp)
         trainer.discard_state()
     runtime.barrier()
@@ -163,7 +189,7 @@ def _names(dataset) -> list[str]:
     return [sample.name for sample in dataset.samples]
 
 
-def warmup(cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike) -> None:
+def warmup(cfg: Mapping[str, Any], out: PathLike, state_dir: PathLike) -> None:
     """Train the warm-up model, or import ``warmup.checkpoint`` (e.g. the released one) as is."""
     given = cfg["warmup"]["checkpoint"]
     if given:
@@ -172,27 +198,40 @@ def warmup(cfg: Mapping[str, Any], out_ckpt: PathLike, state_dir: PathLike) -> N
             raise ValueError(f"config key 'warmup.checkpoint': {given} has {model.num_classes} classes, "
                              f"data.n_class is {cfg['data']['n_class']}")
         # re-saved in the official layout with plain values, so later steps load it safely
-        save_checkpoint(out_ckpt, model, iteration=int(ckpt.get("iter", 0)),
+        save_checkpoint(out, model, iteration=int(ckpt.get("iter", 0)),
                         best_iou=float(ckpt.get("best_iou", 0.0)), meta=_meta(cfg, "warmup", imported=str(given)))
-        with atomic_path(Path(out_ckpt).with_name(TRAIN_LOG)) as tmp:
+        with atomic_path(Path(out).with_name(TRAIN_LOG)) as tmp:
             tmp.write_text("iteration\n")  # imported, not trained: an empty log
         return
-    run_job(build_warmup(cfg), cfg, out_ckpt, state_dir, "warmup", [cfg["model"]["imagenet"]])
+    run_job(build_warmup(cfg), cfg, out, state_dir, "warmup", [cfg["model"]["imagenet"]])
 
 
-def stage1(cfg: Mapping[str, Any], warmup_ckpt: PathLike, soft_h5: PathLike, prototypes_h5: PathLike,
-           out_ckpt: PathLike, state_dir: PathLike) -> None:
-    """Prototype-rectified self-training from the warm-up model (docs/method.md §4.2)."""
-    run_job(build_stage1(cfg, warmup_ckpt, soft_h5, prototypes_h5), cfg, out_ckpt, state_dir, "stage1",
-            [warmup_ckpt, soft_h5, prototypes_h5])
+def stage1(cfg: Mapping[str, Any], warmup: PathLike, soft: PathLike, prototypes: PathLike,
+           out: PathLike, state_dir: PathLike) -> None:
+    """Prototype-rectified self-training from the warm-up model ``warmup`` with its soft labels and
+    prototypes (docs/method.md §4.2)."""
+    run_job(build_stage1(cfg, warmup, soft, prototypes), cfg, out, state_dir, "stage1", [warmup, soft, prototypes])
 
 
-def distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, hard_h5: PathLike,
-            out_ckpt: PathLike, state_dir: PathLike, init_ckpt: PathLike | None = None) -> None:
-    """Stage 2 or 3: self-training on hard pseudo labels with distillation (docs/method.md §4.3)."""
+def distill(cfg: Mapping[str, Any], stage: str, teacher: PathLike, labels: PathLike,
+            out: PathLike, state_dir: PathLike, init: PathLike | None = None) -> None:
+    """Stage 2 or 3: self-training on the hard pseudo labels ``labels`` of ``teacher`` with
+    distillation (docs/method.md §4.3); ``init``: the warm-up model (student_init warmup_backbone)."""
     weights = cfg["model"].get(cfg[stage]["student_init"])
-    run_job(build_distill(cfg, stage, teacher_ckpt, hard_h5, init_ckpt), cfg, out_ckpt, state_dir, stage,
-            [teacher_ckpt, hard_h5, init_ckpt, weights])
+    run_job(build_distill(cfg, stage, teacher, labels, init), cfg, out, state_dir, stage,
+            [teacher, labels, init, weights])
+
+
+def stage2(cfg: Mapping[str, Any], teacher: PathLike, labels: PathLike, out: PathLike, state_dir: PathLike,
+           init: PathLike | None = None) -> None:
+    """Stage 2: :func:`distill` from the stage-1 teacher."""
+    distill(cfg, "stage2", teacher, labels, out, state_dir, init)
+
+
+def stage3(cfg: Mapping[str, Any], teacher: PathLike, labels: PathLike, out: PathLike, state_dir: PathLike,
+           init: PathLike | None = None) -> None:
+    """Stage 3: :func:`distill` from the stage-2 teacher."""
+    distill(cfg, "stage3", teacher, labels, out, state_dir, init)
 
 
 # ---------------------------------------------------------------------------- inference
@@ -205,19 +244,19 @@ def _inference_setup(cfg: Mapping[str, Any], checkpoint: PathLike):
     return runtime, runtime.place(model).eval()
 
 
-def soft_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -> None:
+def soft_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out: PathLike) -> None:
     """Soft pseudo labels of the target train split (docs/method.md §6.1)."""
     from proda.pseudo_labels import generate_soft
 
     runtime, model = _inference_setup(cfg, checkpoint)
     with runtime.autocast():
-        generate_soft(model, target_dataset(cfg, labels=False), out_h5, n_class=cfg["data"]["n_class"],
+        generate_soft(model, target_dataset(cfg, labels=False), out, n_class=cfg["data"]["n_class"],
                       batch_size=cfg["data"]["batch_size"], device=runtime.device,
                       num_workers=cfg["data"]["num_workers"], soft_dtype="float32" if cfg["parity"] else "float16",
                       attrs={"checkpoint_sha256": file_sha256(checkpoint)})
 
 
-def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -> None:
+def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out: PathLike) -> None:
     """Initial class prototypes from the warm-up model's features (docs/method.md §6.3)."""
     from torch.utils.data import DataLoader
 
@@ -236,7 +275,7 @@ def prototypes(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike) -
         protos, counts = compute_prototypes(model, loader, cfg["data"]["n_class"], passes=passes,
                                             parity=bool(cfg["parity"]), source=on_source,
                                             device=runtime.device, min_pixels=p["min_pixels"], cap=p["cap"])
-    save_prototypes(out_h5, protos, counts, {"checkpoint_sha256": file_sha256(checkpoint),
+    save_prototypes(out, protos, counts, {"checkpoint_sha256": file_sha256(checkpoint),
                                              "passes": passes, "domain": p["domain"]})
 
 
@@ -245,7 +284,7 @@ def prototype_passes(passes: int, parity: bool) -> int:
     return 4 if parity else passes
 
 
-def hard_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike,
+def hard_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out: PathLike,
                 png_dir: PathLike | None = None) -> None:
     """Hard pseudo labels with flip TTA over the target train split (docs/method.md §6.2)."""
     from proda.pseudo_labels import generate_hard
@@ -253,14 +292,14 @@ def hard_labels(cfg: Mapping[str, Any], checkpoint: PathLike, out_h5: PathLike,
     runtime, model = _inference_setup(cfg, checkpoint)
     h = cfg["hard_labels"]
     if png_dir is None and h["save_png"]:
-        png_dir = Path(out_h5).with_suffix("")
+        png_dir = Path(out).with_suffix("")
     with runtime.autocast():
-        generate_hard(model, target_dataset(cfg, labels=False), out_h5, n_class=cfg["data"]["n_class"],
+        generate_hard(model, target_dataset(cfg, labels=False), out, n_class=cfg["data"]["n_class"],
                       flip=h["flip"], batch_size=cfg["data"]["batch_size"], device=runtime.device,
                       png_dir=png_dir, attrs={"checkpoint_sha256": file_sha256(checkpoint)})
 
 
-def evaluate(cfg: Mapping[str, Any], checkpoint: PathLike, out_csv: PathLike, split: str | None = None,
+def evaluate(cfg: Mapping[str, Any], checkpoint: PathLike, out: PathLike, split: str | None = None,
              save_dir: PathLike | None = None):
     """Per-class IoU of ``checkpoint`` on the target evaluation split (``eval.split``), as a CSV."""
     from proda.evaluate import evaluate_model, write_eval_csv
@@ -270,7 +309,7 @@ def evaluate(cfg: Mapping[str, Any], checkpoint: PathLike, out_csv: PathLike, sp
         table = evaluate_model(model, target_dataset(cfg, split or cfg["eval"]["split"]), cfg["data"]["n_class"],
                                batch_size=cfg["eval"]["batch_size"], device=runtime.device,
                                num_workers=cfg["data"]["num_workers"], save_dir=save_dir)
-    write_eval_csv(table, out_csv, cfg["data"]["n_class"])
+    write_eval_csv(table, out, cfg["data"]["n_class"])
     return table
 
 
@@ -291,52 +330,22 @@ def report(eval_csvs: Mapping[str, PathLike], out_dir: PathLike) -> None:
     write_report(dict(eval_csvs), out_dir)
 
 
-def experiment_report(eval_csvs: Mapping[str, PathLike], used: Mapping[str, Any], *, summary: PathLike,
-                      eval_dir: PathLike, manifest: PathLike, log: PathLike | None = None) -> None:
-    """An experiment's own folder: a copy of each stage's evaluation CSV (``eval/<stage>.csv``),
-    the summary table and plots beside ``summary``, and ``manifest`` naming the run folders used."""
-    import yaml
-
-    from proda.logs import redirect_output
-
-    if log is not None:
-        redirect_output(log)
+def experiment_report(eval_csvs: Mapping[str, PathLike], *, summary: PathLike, eval_dir: PathLike) -> None:
+    """A run's own folder: a copy of each stage's evaluation CSV (``eval/<stage>.csv``) and the
+    summary table and plots beside ``summary``."""
     Path(eval_dir).mkdir(parents=True, exist_ok=True)
     for stage, csv in eval_csvs.items():
         with atomic_path(Path(eval_dir) / f"{stage}.csv") as tmp:
             shutil.copyfile(csv, tmp)
     report({stage: Path(eval_dir) / f"{stage}.csv" for stage in eval_csvs}, Path(summary).parent)
-    with atomic_path(manifest) as tmp:
-        tmp.write_text(yaml.safe_dump(dict(used), sort_keys=False))
 
 
-def prune(results: PathLike, delete: bool = False) -> list[Path]:
-    """Model folders under ``<results>/runs`` that no experiment's ``manifest.yaml`` uses (listed, and
-    removed with ``delete``). An experiment uses the folders of its models and all their parents;
-    a removed folder takes its pseudo labels, prototypes and evaluations with it."""
+def write_manifest(used: Mapping[str, Any], out: PathLike) -> None:
+    """A run's ``manifest.yaml``: the run folders and artifacts it uses (``proda prune`` keeps them)."""
     import yaml
 
-    root = Path(results)
-    used: set[Path] = set()
-    for manifest in root.glob("*/manifest.yaml"):
-        for entry in (yaml.safe_load(manifest.read_text()) or {}).get("stages", {}).values():
-            folder = (root / entry["model"]).parent  # manifests name paths relative to the results_dir
-            used |= {folder, *folder.parents}
-    unused = sorted(folder for folder in (root / "runs").rglob("*") if folder.is_dir()
-                    and folder.name.split("-")[0] in ("warmup", "stage1", "stage2", "stage3")
-                    and folder not in used and folder.parent in used | {root / "runs"})
-    for folder in unused:
-        print(f"{'removed' if delete else 'unused'}: {folder}")
-        if delete:
-            shutil.rmtree(folder)
-    if not unused:
-        print(f"every run folder under {root / 'runs'} is used by an experiment")
-    return unused
-
-
-def set_threads(n: int) -> None:
-    """Use ``n`` CPU threads for torch (Snakemake's ``threads``)."""
-    torch.set_num_threads(max(1, int(n)))
+    with atomic_path(out) as tmp:
+        tmp.write_text(yaml.safe_dump(dict(used), sort_keys=False))
 
 
 # ---------------------------------------------------------------------------- evidence
@@ -397,10 +406,11 @@ def study_report(summaries: Mapping[int, PathLike], *, out_dir: PathLike,
     ``ablations``: row label -> (stage it ablates, seed -> eval CSV); ``quality``: seed -> CSV."""
     import pandas as pd
 
-    from proda.report import plot_seed_summary, read_eval_csv, write_ablations, write_bounds, write_seed_summary
+    from proda.report import (plot_seed_summary, read_eval_csv, read_summary, read_table, write_ablations,
+                              write_bounds, write_seed_summary)
 
     out = Path(out_dir)
-    tables = {seed: pd.read_csv(path, index_col=0) for seed, path in summaries.items()}
+    tables = {seed: read_summary(path) for seed, path in summaries.items()}
     summary = write_seed_summary(tables, out / "seed_summary.csv")
     plot_seed_summary(summary, out / "seed_summary.png")
 
@@ -415,7 +425,8 @@ def study_report(summaries: Mapping[int, PathLike], *, out_dir: PathLike,
         rows = {label: (stage, list(mious(csvs).values())) for label, (stage, csvs) in ablations.items()}
         write_ablations(full, rows, out / "ablations.csv")
     if quality:
-        per_seed = pd.concat([pd.read_csv(path).assign(seed=seed) for seed, path in quality.items()])
+        per_seed = pd.concat([read_table(path, "label-quality table").assign(seed=seed)
+                              for seed, path in quality.items()])
         stats = per_seed.drop(columns="seed").groupby("artifact", sort=False).agg(["mean", "std"])
         stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
         with atomic_path(out / "label_quality.csv") as tmp:

@@ -21,7 +21,8 @@ from proda.prototypes import class_mean_vectors, moving_update
 from proda.train.distill import teacher_view
 from proda.train.optim import schedule_length
 from proda.runtime import make_runtime
-from proda.train.setup import source_dataset, stream, target_dataset, training_view, up
+from proda.train.builders import source_dataset, stream, target_dataset, training_view
+from proda.resize import up
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"backbone": "resnet18", "base_width": 8, "head_channels": 32}

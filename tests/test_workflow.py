@@ -15,18 +15,37 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
+
+from proda.registry import STAGES as CHAIN, STEPS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [REPO / "config.yaml", REPO / "config" / "tiny.yaml"]
 PRESETS = [REPO / "config" / "gta5_to_cityscapes.yaml", REPO / "config" / "synthia_to_cityscapes.yaml"]
-STAGES = ["warmup", "stage1", "stage2", "stage3"]
-FULL_DAG = sorted(["all", "toycity", "warmup", "soft_labels", "prototypes", "stage1", "hard_labels[stage1]",
-                   "distill[stage2]", "hard_labels[stage2]", "distill[stage3]", "report", "figures",
-                   "label_quality", *(f"evaluate[{s}]" for s in STAGES)])
+STAGES = list(CHAIN)
+# jobs that run on one stage's model, named rule[stage] in these tests
+PER_STAGE = {"hard_labels", "distill", *(s.rule_name for s in STEPS.values() if s.per_model)}
+
+
+def _registry_jobs() -> list[str]:
+    """The tiny run's jobs, from the registry: each chain step once, each per-model step per stage,
+    hard labels of every teacher (stages 1 and 2), plus the run's own summaries."""
+    jobs = []
+    for spec in STEPS.values():
+        if spec.per_model:
+            jobs += [f"{spec.rule_name}[{s}]" for s in STAGES]
+        elif spec.name == "hard_labels":
+            jobs += [f"hard_labels[{s}]" for s in STAGES[1:-1]]
+        else:
+            jobs.append(f"{spec.rule_name}[{spec.name}]" if spec.rule_name in PER_STAGE else spec.rule_name)
+    return jobs
+
+
 # what a change of the chain from stage 2 on plans besides the stages: the run's own summaries
-RUN_SUMMARIES = ["report", "figures", "label_quality", "all"]
+RUN_SUMMARIES = ["report", "figures", "label_quality", "manifest", "all"]
+FULL_DAG = sorted(_registry_jobs() + RUN_SUMMARIES)
 DIGEST = r"[0-9a-f]{12}"
 # the sibling folder of the developers' checkout and the name of its method document: no tracked file
 # may point there (spelled in pieces so that this file does not contain them either)
@@ -44,7 +63,7 @@ def smk(workdir: Path, *args: str, configfiles=TINY, extra=(), repo: Path = REPO
 def job_name(rule: str, node: str | None) -> str:
     """`rule` or `rule[stage]`: the stage whose model a hard-label or evaluation job reads, or the
     stage a distill job trains (from the provenance path)."""
-    if node is None or rule not in ("evaluate", "hard_labels", "distill"):
+    if node is None or rule not in PER_STAGE:
         return rule
     folder = node if rule == "distill" else node.rsplit("/", 1)[0]
     return f"{rule}[{folder.rsplit('/', 1)[1].split('-')[0]}]"
@@ -170,13 +189,17 @@ def _bad_configs(tmp_path: Path, layout: Path) -> dict[str, tuple[dict, str]]:
                                "config key 'warmup.checkpoint': file not found"),
         "empty_val": (_real_data(empty_val), "config key 'data.target.root' (cityscapes val)"),
         "missing_label": (_real_data(no_label), f"has no label {labels[-1]}"),
+        "experiment_outside": ({"experiment": ".."}, "config key 'experiment' must be a plain folder name"),
+        "cuda_without_gpu": ({"device": "cuda"}, "config key 'device' is cuda, but this machine"),
     }
 
 
 @pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "bad_enum", "crop", "n_class", "missing_dataset",
-                                  "missing_checkpoint", "empty_val", "missing_label"])
-def test_bad_config_stops_before_any_job_with_one_message(tmp_path, real_layout, case):
+                                  "missing_checkpoint", "empty_val", "missing_label", "experiment_outside",
+                                  "cuda_without_gpu"])
+def test_bad_config_stops_before_any_job_with_one_message(tmp_path, real_layout, case, monkeypatch):
     override, expected = _bad_configs(tmp_path, real_layout)[case]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU for this run, on any machine
     r = smk(tmp_path, "--cores", "1", configfiles=[*TINY, write_yaml(tmp_path / "bad.yaml", override)])
     out = r.stdout + r.stderr
     assert r.returncode != 0
@@ -185,6 +208,31 @@ def test_bad_config_stops_before_any_job_with_one_message(tmp_path, real_layout,
     assert expected in messages[0], out
     assert "Traceback" not in out and "Job stats" not in out and "rule " not in out
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("case", ["id_outside_the_table", "label_of_another_size"])
+def test_bad_labels_stop_the_run_before_any_training(tmp_path, real_layout, case):
+    """Every label of every split the run reads is checked first (rule check_data): a bad one in
+    the target val split stops the run before the warm-up, in one line naming the file."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(real_layout, data)
+    label = sorted((data / "cityscapes" / "gtFine" / "val").rglob("*_labelIds.png"))[-1]
+    ids = np.array(Image.open(label))
+    if case == "id_outside_the_table":
+        ids[0, 0] = 99
+    else:
+        ids = ids[:-8]
+    Image.fromarray(ids).save(label)
+    r = smk(tmp_path, "--cores", "1", "--show-failed-logs",
+            configfiles=[*TINY, write_yaml(tmp_path / "real.yaml", _real_data(data))])
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    errors = [line for line in out.splitlines() if line.startswith("proda check-data: error:")]
+    assert len(errors) == 1 and str(label) in errors[0], out[-3000:]
+    assert ("id 99" in errors[0]) == (case == "id_outside_the_table")
+    assert "rule warmup" not in out and not list((tmp_path / "results" / "runs").glob("warmup-*/model.pt"))
 
 
 def test_cli_runs_the_same_validation(tmp_path):
@@ -206,14 +254,26 @@ def test_outputs_carry_their_provenance_in_the_path(tmp_path):
     runs = rf"results/runs/warmup-{DIGEST}"
     s1, s2, s3 = rf"{runs}/stage1-{DIGEST}", rf"{runs}/stage1-{DIGEST}/stage2-{DIGEST}", \
         rf"{runs}/stage1-{DIGEST}/stage2-{DIGEST}/stage3-{DIGEST}"
-    patterns = [rf"results/data/toycity-{DIGEST}", rf"{runs}/soft_labels-{DIGEST}\.h5",
-                rf"{runs}/prototypes-{DIGEST}\.h5", *(rf"{m}/hard_labels-{DIGEST}\.h5" for m in (s1, s2)),
-                *(rf"{m}/(model\.pt|train\.csv|eval-{DIGEST}\.csv)" for m in (runs, s1, s2, s3)),
+    record = r"(\.h5|\.record\.yaml)"
+    patterns = [rf"results/data/toycity-{DIGEST}(\.record\.yaml)?", rf"results/data/check-{DIGEST}\.(record\.)?yaml",
+                rf"{runs}/soft_labels-{DIGEST}{record}",
+                rf"{runs}/prototypes-{DIGEST}{record}", *(rf"{m}/hard_labels-{DIGEST}{record}" for m in (s1, s2)),
+                *(rf"{m}/(model\.pt|train\.csv|record\.yaml|eval-{DIGEST}\.(csv|record\.yaml))"
+                  for m in (runs, s1, s2, s3)),
                 r"results/tiny/report/(summary\.csv|miou_by_stage\.png|per_class_iou\.png|prediction_grid\.png"
                 r"|training_curves\.png|label_quality\.png)",
                 r"results/tiny/eval", r"results/tiny/manifest\.yaml", r"results/tiny/label_quality\.csv"]
     unmatched = [f for f in files if not any(re.fullmatch(p, f) for p in patterns)]
-    assert not unmatched and len(files) == 1 + 2 + 2 + 4 * 3 + 3 + 2 + 4, (unmatched, sorted(files))
+    # toy data, data check, soft labels, prototypes, hard labels; per stage: its model folder and evaluation
+    artifacts = 2 * (1 + 1 + 2 + 2) + 4 * 5
+    assert not unmatched and len(files) == artifacts + 3 + 2 + 4, (unmatched, sorted(files))
+
+
+def test_an_unknown_target_is_one_line(tmp_path):
+    r = smk(tmp_path, "--dry-run", "results/runs/warmup-000000000000/model.pt")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "Traceback" not in out and "KeyError" not in out
+    assert "No rule to produce results/runs/warmup-000000000000/model.pt" in out, out
 
 
 def _preset_paths(tmp_path: Path, layout: Path) -> Path:
@@ -297,6 +357,30 @@ def test_full_run_writes_every_artifact_log_and_benchmark(tiny_run):
 
 
 @pytest.mark.slow
+def test_every_artifact_has_its_record_and_show_names_its_settings(tiny_run, capsys, monkeypatch):
+    """"Which threshold made stage2-<h>?" is answered on disk: every artifact carries its record,
+    and `proda show` prints the settings that made it (and what differs from another run)."""
+    from proda import records
+    from proda.cli import main
+
+    results = tiny_run.dir / "results"
+    for rel in tiny_run.manifest["artifacts"]:
+        target = results / rel  # a folder, or a file artifact's path without its suffix
+        rec = records.read(target if target.is_dir() else Path(f"{target}.{records.RECORD}"))
+        assert rec["step"] and rec["outputs"] and all(len(o["sha256"]) == 64 for o in rec["outputs"].values()), rel
+    stage2 = _model(tiny_run, "stage2").parent
+    rec = yaml.safe_load((stage2 / "record.yaml").read_text())
+    assert rec["step"] == "stage2" and rec["settings"]["stage2"]["threshold"] == 0.8
+    assert rec["inputs"]["teacher"]["sha256"] == records.content_sha256(_model(tiny_run, "stage1"))
+    monkeypatch.chdir(tiny_run.dir)
+    assert main(["show", str(stage2.relative_to(tiny_run.dir))]) == 0
+    out = capsys.readouterr().out
+    assert "  stage2.threshold: 0.8" in out and "teacher: results/runs/" in out
+    assert main(["show", str(stage2), str(_model(tiny_run, "stage3").parent)]) == 0
+    assert "stage2.threshold" not in capsys.readouterr().out  # stage 3 has its own view
+
+
+@pytest.mark.slow
 def test_report_has_one_row_per_stage_with_miou_in_percent(tiny_run):
     from proda.data.labels import class_names
 
@@ -376,7 +460,7 @@ def test_experiments_share_upstream_and_switching_back_reruns_nothing(tiny_run):
 
 @pytest.mark.slow
 def test_prune_lists_run_folders_no_experiment_uses(tiny_run, tmp_path):
-    from proda.steps import prune
+    from proda.prune import prune
 
     results = tmp_path / "results"
     shutil.copytree(tiny_run.dir / "results", results, symlinks=True)

@@ -184,6 +184,12 @@ class SegmentationDataset(Dataset):
         train_ids = map_ids(ids, self.lut, sample.label, self.table)  # nearest resize commutes
         return resize_ids(train_ids, size)
 
+    def check_label(self, i: int) -> None:
+        """Read the label of item ``i`` at its native size: its ids must be in the table and its
+        size its image's (DatasetError naming the file otherwise); nothing is resized."""
+        native = image_size(self.samples[i].image)
+        self._label(i, native, native)
+
     def load_pil(self, i: int) -> tuple[Image.Image, np.ndarray]:
         """(PIL RGB image, uint8 H×W train ids), both at ``size`` (or the image's native size)."""
         img = read_rgb(self.samples[i].image)

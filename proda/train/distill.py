@@ -14,7 +14,8 @@ from proda.models import build_model, is_backbone_key, load_checkpoint, load_ima
 from proda.runtime import Runtime
 from proda.train.loop import Stage
 from proda.train.optim import finetune_groups, make_sgd, single_group
-from proda.train.setup import new_model, to_device, up
+from proda.train.builders import new_model, to_device
+from proda.resize import up
 
 STUDENT_INITS = ("simclr", "imagenet", "scratch", "warmup_backbone", "resume")
 
@@ -81,6 +82,7 @@ class DistillStage(Stage):
         train = cfg["train"]
         groups = (finetune_groups(model, self.s["lr"], self.s["head_lr_mult"], self.parity)
                   if self.s["finetune"] else single_group(model, self.s["lr"]))
+        model.checkpointing = bool(cfg["train"]["activation_checkpointing"])  # memory for compute
         self.student = runtime.wrap(model)
         self.optimizers = {"G": make_sgd(groups, momentum=train["momentum"],
                                          weight_decay=train["weight_decay"], parity=self.parity)}

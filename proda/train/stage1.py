@@ -18,7 +18,8 @@ from proda.prototypes import (class_mean_vectors, moving_update, prototype_dista
 from proda.runtime import Runtime
 from proda.train.loop import Stage
 from proda.train.optim import make_sgd, single_group
-from proda.train.setup import to_device, up
+from proda.train.builders import to_device
+from proda.resize import up
 
 
 def gather_vectors(vectors: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -44,6 +45,7 @@ class Stage1(Stage):
         runtime.place(model)
         self.ema = make_ema(model, sync_bn=runtime.device if runtime.distributed else None)
         self.ema.train(not self.s["ema_eval"])
+        model.checkpointing = bool(cfg["train"]["activation_checkpointing"])  # memory for compute
         self.student = runtime.wrap(model)
         self.prototypes_ = prototypes.float().to(runtime.device)
         train = cfg["train"]

@@ -12,7 +12,8 @@ from proda.models import FCDiscriminator, load_imagenet, unwrap
 from proda.runtime import Runtime
 from proda.train.loop import Stage
 from proda.train.optim import finetune_groups, make_sgd
-from proda.train.setup import freeze_batchnorm, new_model, to_device, up
+from proda.train.builders import freeze_batchnorm, new_model, to_device
+from proda.resize import up
 
 SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0
 
@@ -33,6 +34,7 @@ class WarmupStage(Stage):
             freeze_batchnorm(model)
         runtime.place(model)
         groups = finetune_groups(model, w["lr"], w["head_lr_mult"], bool(cfg["parity"]))
+        model.checkpointing = bool(cfg["train"]["activation_checkpointing"])  # memory for compute
         self.student = runtime.wrap(model)
         self.discriminator = runtime.wrap(runtime.place(FCDiscriminator(cfg["data"]["n_class"], ndf=w["d_width"])))
         train = cfg["train"]

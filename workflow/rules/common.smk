@@ -1,9 +1,10 @@
-"""Shared by every rule: the validated config, the plan of every artifact (proda/plan.py) and the
-input, params and resource functions. Defines no rules.
+"""Shared by every rule: the config, merged and validated once, the plan of every artifact
+(proda/plan.py) and the input, params and resource functions. Defines no rules.
 
-Every artifact's path carries its provenance (results_dir/runs/warmup-<h>/stage1-<h>/...), so the
-rules are generic: a rule's output pattern has one wildcard `node` (the artifact's folder, or its
-file path without the suffix) and its inputs and config view come from the plan, by node.
+Every artifact's path carries its provenance (results_dir/runs/warmup-<h>/stage1-<h>/...): a
+rule's output pattern has one wildcard `node` (the artifact's folder, or its file path without the
+suffix), constrained to the nodes the plan holds for that step. Each rule names its inputs by the
+roles of the step registry (proda/registry.py); `artifact(role)` looks the path up in the plan.
 """
 
 import re
@@ -21,7 +22,8 @@ from proda.config import (
     validate,
     without_execution,
 )
-from proda.plan import ABLATIONS, DIGEST, study, toycity_folder
+from proda.plan import ABLATIONS, study, toycity_folder
+from proda.registry import STEPS, TIERS
 
 
 def _validated(user: dict) -> dict:
@@ -34,7 +36,22 @@ def _validated(user: dict) -> dict:
     return effective(cfg)
 
 
+def _check_device(cfg: dict) -> None:
+    """`device: cuda` where jobs run on this machine and it sees no GPU: one line before any job
+    (a cluster's login node is not checked: its jobs run elsewhere)."""
+    if cfg["device"] != "cuda" or not workflow.local_exec or workflow.remote_exec:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise WorkflowError(
+            "Invalid configuration: config key 'device' is cuda, but this machine, where the jobs "
+            "run, sees no CUDA device (use device: auto or cpu, or a cluster profile)"
+        )
+
+
 CONFIG = _validated(config)
+_check_device(CONFIG)
 # workers read the execution-only settings (device, workers, logging) from it
 config.update(CONFIG)
 STUDY = study(CONFIG)
@@ -48,19 +65,27 @@ DATA = (
 )  # the generated benchmark, an input of data readers
 
 
-def node_pattern(name: str) -> str:
-    """Regex of the nodes of one step: any folder, then `<name>-<digest>`."""
-    return rf".+/{name}-{DIGEST}"
+def nodes_of(*steps: str) -> str:
+    """Regex matching exactly the planned artifacts of these steps (any other target is
+    "no rule to produce it", not a traceback)."""
+    nodes = [node for node, art in ARTIFACTS.items() if art.step in steps]
+    return "|".join(map(re.escape, nodes)) or "(?!)"
 
 
 def folders_pattern(folders) -> str:
     """Regex matching exactly the given folders."""
-    return "|".join(map(re.escape, folders))
+    return "|".join(map(re.escape, folders)) or "(?!)"
 
 
-def inputs_of(wildcards) -> dict:
-    """The job's input files, named as the worker expects them (from the plan)."""
-    return ARTIFACTS[wildcards.node].inputs
+def artifact(role: str):
+    """Input function of the input `role` of a step: its path in the plan ([] where the job has none)."""
+
+    def path_of(wildcards) -> list:
+        path = ARTIFACTS[wildcards.node].inputs.get(role)
+        return [path] if path else []
+
+    path_of.__name__ = f"artifact_{role}"
+    return path_of
 
 
 def view_of(wildcards) -> dict:
@@ -69,17 +94,13 @@ def view_of(wildcards) -> dict:
 
 
 def step_of(wildcards) -> str:
-    """The workflow step of a generic rule's job (stage2 or stage3 for the distill rule)."""
+    """The registered step of the job (stage2 or stage3 for the distill rule)."""
     return ARTIFACTS[wildcards.node].step
 
 
 def evals_of(wildcards) -> dict:
     """The report's inputs: each stage's evaluation CSV of the run."""
     return REPORTS[wildcards.folder].evals
-
-
-def manifest_of(wildcards) -> dict:
-    return REPORTS[wildcards.folder].manifest()
 
 
 def run_config_of(wildcards) -> dict:
@@ -155,19 +176,28 @@ def study_layout() -> dict:
 
 
 def final_targets() -> list:
-    """What `all` asks for: every run's report and artifacts (a deleted one is rebuilt), the
-    pictures and label quality of each seed's run, and the study report."""
+    """What `all` asks for, each file once: every run's manifest and artifacts (a deleted one is
+    rebuilt), the report, pictures and label quality of each seed's run, and the study report.
+    """
     files = []
-    for folder, p in REPORTS.items():
+    for folder, p in PLANS.items():
+        files += [f"{p.folder}/manifest.yaml", *p.targets()]
+    for folder in REPORTS:
         files += [
             f"{folder}/report/summary.csv",
             f"{folder}/report/prediction_grid.png",
-            *p.targets(),
         ]
         files += [f"{folder}/label_quality.csv"] if QUALITY else []
-    for name, p in PLANS.items():
-        files += list(p.evals.values())
-    return files + (list(study_outputs().values()) if STUDY.aggregated else [])
+    files += list(study_outputs().values()) if STUDY.aggregated else []
+    return list(dict.fromkeys(files))
+
+
+def manifest_of(wildcards) -> dict:
+    """What one run uses (proda prune keeps exactly the folders manifests name)."""
+    return PLAN_FOLDERS[wildcards.folder].manifest()
+
+
+PLAN_FOLDERS = {p.folder: p for p in PLANS.values()}
 
 
 # ---- resources ----
@@ -175,38 +205,26 @@ def final_targets() -> list:
 # For multi-GPU training raise `gpu` of a training rule (slurm/config.yaml set-resources, or
 # --set-resources stage1:gpu=4): its worker then launches torchrun with one process per GPU.
 GPUS = {"cpu": 0, "cuda": 1, "auto": 0 if TOY else 1}[CONFIG["device"]]
-# (threads, mem_mb, runtime in minutes) of paper-scale runs (one GPU, 2048x1024 images).
-_FULL = {
-    "toycity": (1, 4000, 60),
-    "warmup": (8, 64000, 4320),
-    "soft_labels": (8, 32000, 360),
-    "prototypes": (8, 32000, 360),
-    "stage1": (8, 64000, 4320),
-    "hard_labels": (8, 32000, 360),
-    "distill": (8, 64000, 4320),
-    "evaluate": (8, 32000, 120),
-    "report": (1, 2000, 10),
-}
-# The toy benchmark: training on two cores, inference single-threaded (runs side by side).
-_TOY = {
-    step: (2 if step in ("warmup", "stage1", "distill") else 1, 4000, 60)
-    for step in _FULL
-}
-_TOY["report"] = (1, 2000, 10)
-_TIERS = _TOY if TOY else _FULL
+# (threads, mem_mb, runtime in minutes) of each resource tier of the step registry
+_TIERS = TIERS["toy" if TOY else "paper"]
 
 
-def threads_of(rule: str) -> int:
-    return _TIERS[rule][0]
+def tier_of(name: str) -> str:
+    """The resource tier of a registered step, or a tier's own name (the report rules)."""
+    return STEPS[name].tier if name in STEPS else name
 
 
-def resources_of(rule: str) -> dict:
-    """mem_mb, runtime (minutes) and gpu of a rule; the site profile may override any of them."""
-    _, mem_mb, runtime = _TIERS[rule]
+def threads_of(name: str) -> int:
+    return _TIERS[tier_of(name)][0]
+
+
+def resources_of(name: str) -> dict:
+    """mem_mb, runtime (minutes) and gpu of a step (or tier); the site profile may override any."""
+    _, mem_mb, runtime = _TIERS[tier_of(name)]
     return {
         "mem_mb": mem_mb,
         "runtime": runtime,
-        "gpu": 0 if rule in ("toycity", "report") else GPUS,
+        "gpu": 0 if tier_of(name) in ("data", "report") else GPUS,
     }
 
 

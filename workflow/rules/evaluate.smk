@@ -3,21 +3,24 @@
 
 rule evaluate:
     input:
-        unpack(inputs_of),
+        checkpoint=artifact("checkpoint"),
+        data=DATA.get("data", []),
     output:
-        "{node}.csv",
+        out="{node}.csv",
+        record="{node}.record.yaml",
     log:
         "{node}.log",
     benchmark:
         "{node}.benchmark.tsv"
     wildcard_constraints:
-        node=node_pattern("eval"),
+        node=nodes_of("evaluate"),
     conda:
         "../../environment.yml"
     threads: threads_of("evaluate")
     resources:
         **resources_of("evaluate"),
     params:
-        cfg=view_of,
+        step=step_of,
+        view=view_of,
     script:
-        "../scripts/evaluate.py"
+        "../scripts/step.py"

@@ -3,21 +3,24 @@
 
 rule prototypes:
     input:
-        unpack(inputs_of),
+        checkpoint=artifact("checkpoint"),
+        data=DATA.get("data", []),
     output:
-        "{node}.h5",
+        out="{node}.h5",
+        record="{node}.record.yaml",
     log:
         "{node}.log",
     benchmark:
         "{node}.benchmark.tsv"
     wildcard_constraints:
-        node=node_pattern("prototypes"),
+        node=nodes_of("prototypes"),
     conda:
         "../../environment.yml"
     threads: threads_of("prototypes")
     resources:
         **resources_of("prototypes"),
     params:
-        cfg=view_of,
+        step=step_of,
+        view=view_of,
     script:
-        "../scripts/prototypes.py"
+        "../scripts/step.py"

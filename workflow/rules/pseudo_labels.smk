@@ -4,43 +4,49 @@ hard ones with flip averaging from stage 1 and stage 2 (stage 2 and stage 3 inpu
 
 rule soft_labels:
     input:
-        unpack(inputs_of),
+        checkpoint=artifact("checkpoint"),
+        data=DATA.get("data", []),
     output:
-        "{node}.h5",
+        out="{node}.h5",
+        record="{node}.record.yaml",
     log:
         "{node}.log",
     benchmark:
         "{node}.benchmark.tsv"
     wildcard_constraints:
-        node=node_pattern("soft_labels"),
+        node=nodes_of("soft_labels"),
     conda:
         "../../environment.yml"
     threads: threads_of("soft_labels")
     resources:
         **resources_of("soft_labels"),
     params:
-        cfg=view_of,
+        step=step_of,
+        view=view_of,
     script:
-        "../scripts/soft_labels.py"
+        "../scripts/step.py"
 
 
 rule hard_labels:
     input:
-        unpack(inputs_of),
+        checkpoint=artifact("checkpoint"),
+        data=DATA.get("data", []),
     output:
-        "{node}.h5",
+        out="{node}.h5",
+        record="{node}.record.yaml",
     log:
         "{node}.log",
     benchmark:
         "{node}.benchmark.tsv"
     wildcard_constraints:
-        node=node_pattern("hard_labels"),
+        node=nodes_of("hard_labels"),
     conda:
         "../../environment.yml"
     threads: threads_of("hard_labels")
     resources:
         **resources_of("hard_labels"),
     params:
-        cfg=view_of,
+        step=step_of,
+        view=view_of,
     script:
-        "../scripts/hard_labels.py"
+        "../scripts/step.py"

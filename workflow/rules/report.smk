@@ -1,7 +1,23 @@
-"""Per run (each seed's full chain): its evaluation CSVs, the stage x class summary with its
-plots and a manifest naming the run folders it used (proda prune keeps exactly those); the
-prediction grid and training curves; the pseudo-label quality. Per experiment with several
-seeds, bounds or ablations: the study report (mean and std over seeds)."""
+"""Per run (each seed's full chain, each bound and ablation): a manifest naming the run folders
+it uses (proda prune keeps exactly those). Per seed's full chain: its evaluation CSVs, the stage x
+class summary with its plots, the prediction grid and training curves, the pseudo-label quality.
+Per experiment with several seeds, bounds or ablations: the study report (mean and std over seeds).
+"""
+
+
+rule manifest:
+    output:
+        "{folder}/manifest.yaml",
+    log:
+        "{folder}/manifest.log",
+    wildcard_constraints:
+        folder=folders_pattern(PLAN_FOLDERS),
+    conda:
+        "../../environment.yml"
+    params:
+        manifest=manifest_of,
+    script:
+        "../scripts/manifest.py"
 
 
 rule report:
@@ -24,7 +40,6 @@ rule report:
             caption="../report/per_class_iou.rst",
         ),
         evals=directory("{folder}/eval"),
-        manifest="{folder}/manifest.yaml",
     log:
         "{folder}/report/report.log",
     benchmark:
@@ -36,8 +51,6 @@ rule report:
     threads: threads_of("report")
     resources:
         **resources_of("report"),
-    params:
-        manifest=manifest_of,
     script:
         "../scripts/report.py"
 

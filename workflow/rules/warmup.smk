@@ -4,22 +4,27 @@
 
 rule warmup:
     input:
-        unpack(inputs_of),
+        checkpoint=artifact("checkpoint"),
+        weights=artifact("weights"),
+        checked=artifact("checked"),
+        data=DATA.get("data", []),
     output:
         model="{node}/model.pt",
         log="{node}/train.csv",
+        record="{node}/record.yaml",
     log:
         "{node}/job.log",
     benchmark:
         "{node}/job.benchmark.tsv"
     wildcard_constraints:
-        node=node_pattern("warmup"),
+        node=nodes_of("warmup"),
     conda:
         "../../environment.yml"
     threads: threads_of("warmup")
     resources:
         **resources_of("warmup"),
     params:
-        cfg=view_of,
+        step=step_of,
+        view=view_of,
     script:
-        "../scripts/warmup.py"
+        "../scripts/step.py"

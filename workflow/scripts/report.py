@@ -1,6 +1,5 @@
-"""Rule report: an experiment's evaluation CSVs, summary table, plots and manifest."""
-from proda.steps import experiment_report
+"""Rule report: a run's evaluation CSVs, summary table and plots."""
+from proda.jobs import run_report
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
-experiment_report(dict(sm.input.items()), sm.params.manifest, summary=sm.output.summary,
-                  eval_dir=sm.output.evals, manifest=sm.output.manifest, log=sm.log[0])
+run_report(dict(sm.input.items()), summary=sm.output.summary, eval_dir=sm.output.evals, log=sm.log[0])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -12,11 +11,6 @@ from proda.data.training import TrainingDataset, collate
 from proda.models import DeepLabV2
 from proda.train.batches import BatchStream
 from proda.runtime import Runtime
-
-
-def up(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize with ``align_corners=True`` ("bilinear-AC" of docs/method.md)."""
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
 def _size(section: Mapping[str, Any]) -> tuple[int, int] | None:
