@@ -1,4 +1,4 @@
-"""Rerun the toy-benchmark variants of the README's diagnosis ("Diagnosis of the toy benchmark").
+"""Rerun the toy-benchmark variants of docs/toy-benchmark.md ("Diagnosis of the toy benchmark").
 
 Each variant is the study's toy config (``config.yaml``, the seeds of ``config/study.yaml``) with
 one overlay. Snakemake builds only the chain's evaluations up to the stage in question, for every

@@ -1,6 +1,7 @@
-"""The README's toy-benchmark variants (benchmarks/toy_variants.py): valid configs; a variant that
-changes only its stage (and later ones) shares the study's upstream runs, and variants that change
-the same thing upstream (the network, or stage 1 for a stage-2 variant) share their own."""
+"""The toy-benchmark variants of docs/toy-benchmark.md (benchmarks/toy_variants.py): valid
+configs; a variant that changes only its stage (and later ones) shares the study's upstream runs,
+and variants that change the same thing upstream (the network, or stage 1 for a stage-2 variant)
+share their own."""
 from __future__ import annotations
 
 from pathlib import Path
