@@ -146,3 +146,24 @@ def test_tracker_against_the_cpu_allocators_own_record():
     assert tracked == allocator > 0
     tracked, allocator = mem.allocator_peak(mem.stage_step("stage2", mid(), "fp32"))
     assert tracked <= allocator <= mem.HEADROOM * tracked
+
+
+def test_data_check_benchmark_reads_every_label_of_both_layouts(tmp_path):
+    """benchmarks/data_check.py times check_data's per-label work on real-layout files: every label
+    is read (a bad one would stop it), and per-label seconds come back for both datasets."""
+    import data_check
+    import numpy as np
+    from PIL import Image
+
+    from proda.data.toycity import generate
+
+    generate(tmp_path / "data", n_source=3, n_target_train=2, n_target_val=3, source_size=(64, 32),
+             target_size=(64, 32))
+    rates = data_check.seconds_per_label(tmp_path / "data", threads=2)
+    assert set(rates) == {"gta5", "cityscapes"} and all(r > 0 for r in rates.values())
+    label = sorted((tmp_path / "data" / "gta5" / "labels").glob("*.png"))[0]
+    ids = np.array(Image.open(label))
+    ids[0, 0] = 99
+    Image.fromarray(ids).save(label)
+    with pytest.raises(ValueError, match=f"{label.name}.*id 99"):
+        data_check.seconds_per_label(tmp_path / "data", threads=2)

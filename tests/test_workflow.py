@@ -510,6 +510,26 @@ def test_random_bytes_in_a_model_are_never_reported_as_success(tiny_run, tmp_pat
 
 
 @pytest.mark.slow
+def test_random_bytes_in_the_prototypes_stop_the_rerun_naming_the_file(tiny_run, tmp_path):
+    """64 random bytes inside the prototypes' data (then touched): stage 1 is rerun, finds the file
+    differs from its record and stops in one line; nothing downstream is built from it."""
+    run = _copy_of(tiny_run, tmp_path)
+    protos = next(_model(run, "warmup").parent.glob("prototypes-*.h5"))
+    data = bytearray(protos.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = os.urandom(64)
+    protos.write_bytes(bytes(data))
+    stage1 = _model(run, "stage1")
+    before = stage1.read_bytes()
+    r = smk(run.dir, "--cores", "2", "--show-failed-logs", repo=run.repo)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-4000:]
+    errors = [line for line in out.splitlines() if line.startswith("proda stage1: error:") and protos.name in line]
+    assert errors and "damaged" in errors[0], out[-6000:]
+    assert not stage1.exists() or stage1.read_bytes() == before
+
+
+@pytest.mark.slow
 def test_deleting_an_artifact_folder_recomputes_it(tiny_run, tmp_path):
     run = _copy_of(tiny_run, tmp_path)
     folder = _model(run, "stage2").parent
