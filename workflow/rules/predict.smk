@@ -4,8 +4,6 @@ images of other shapes are scaled); a few of the overlays go to the HTML report.
 
 from snakemake.exceptions import WorkflowError
 
-from proda.predict import PredictError, find_images, report_items, report_name
-
 PREDICT = CONFIG["predict"]
 
 
@@ -22,6 +20,11 @@ def predict_model() -> str:
 
 def predict_images_list() -> list:
     """Every image of `predict.images`: inputs, so a new or changed image redoes the job."""
+    from proda.predict import (
+        PredictError,
+        find_images,
+    )  # torch: only when predict.images is set
+
     try:
         return [str(item.source) for item in find_images([PREDICT["images"]])]
     except PredictError as err:
@@ -30,6 +33,8 @@ def predict_images_list() -> list:
 
 def predict_report_outputs() -> dict:
     """Copies of a few overlays (evenly spaced through the folder), marked for the report."""
+    from proda.predict import report_items, report_name
+
     count = PREDICT["overlays_in_report"]
     items = report_items(PREDICT["images"], count) if count else []
     return {
