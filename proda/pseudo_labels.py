@@ -393,16 +393,19 @@ class HardLabelStore(_Store):
 
     ``levels`` are the float16 thresholds the file serves exactly (attr ``threshold_levels``).
     A store written before levels existed (``confidence`` float16 per image) is read too, and
-    then serves any threshold.
+    then serves any threshold. ``threshold``: what :meth:`get` applies by default (``≤ 0``: none),
+    checked against the levels when the store is opened.
     """
 
     kind = "hard"
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: PathLike, threshold: float = -1.0) -> None:
         super().__init__(path)
         raw = self.attrs.get("threshold_levels")
         self.levels: np.ndarray | None = (None if raw is None
                                           else np.asarray(raw, dtype=np.float64).astype(np.float16))
+        self.check_threshold(threshold)
+        self.threshold = float(threshold)
 
     def check_threshold(self, threshold: float) -> int | None:
         """Index of ``threshold`` among :attr:`levels` (compared in float16), None for ``≤ 0``.
@@ -435,14 +438,16 @@ class HardLabelStore(_Store):
         ceiling = np.append(self.levels, np.float16(1.0))
         return ceiling[self._read(name, group, "level")]
 
-    def get(self, name: str, threshold: float = -1.0) -> np.ndarray:
-        """uint8 ``[H,W]`` label with 250 where ``conf ≤ threshold`` (§6.2, Q16, Q17).
+    def get(self, name: str, threshold: float | None = None) -> np.ndarray:
+        """uint8 ``[H,W]`` label with 250 where ``conf ≤ threshold`` (default: the store's own;
+        §6.2, Q16, Q17).
 
         The comparison is the official float16 one, so 0.95 cuts at ``float16(0.95) =
         0.9501953125``: a confidence of 0.9501953125 is dropped. ``threshold`` must be one of
         :attr:`levels` (see :meth:`check_threshold`); ``≤ 0`` drops nothing (the official
         ``if threshold:`` also reads the confidences for −1, but then drops nothing either).
         """
+        threshold = self.threshold if threshold is None else threshold
         index = self.check_threshold(threshold)
         group = self._entry(name)
         label = self._read(name, group, "label")

@@ -174,12 +174,11 @@ def build_distill(cfg: Mapping[str, Any], stage: str, teacher_ckpt: PathLike, ha
         raise ValueError(f"distill stage must be 'stage2' or 'stage3', got {stage!r}")
     seed_everything(cfg["seed"])
     runtime = make_runtime(cfg)
-    hard, target = HardLabelStore(hard_h5), target_dataset(cfg, labels=False)
+    # the store applies the stage's threshold to every label it serves (and refuses one it cannot)
+    hard, target = HardLabelStore(hard_h5, threshold=float(cfg[stage]["threshold"])), target_dataset(cfg, labels=False)
     hard.check_names(_names(target))
-    hard.check_threshold(float(cfg[stage]["threshold"]))  # a threshold the store cannot apply fails here
     job = DistillStage(cfg, runtime, stage, str(teacher_ckpt), None if init_ckpt is None else str(init_ckpt))
-    target_view = training_view(target, cfg, seed=cfg["seed"] + 1, strong=True, hard_labels=hard,
-                                hard_threshold=float(cfg[stage]["threshold"]))
+    target_view = training_view(target, cfg, seed=cfg["seed"] + 1, strong=True, hard_labels=hard)
     return Job(job, runtime, training_view(source_dataset(cfg), cfg, seed=cfg["seed"]), target_view,
                cfg[stage]["iterations"])
 

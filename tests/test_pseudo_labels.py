@@ -343,6 +343,10 @@ def test_hard_threshold_outside_levels_is_refused(tmp_path):
         msg = str(err.value)
         assert str(tmp_path / "h.h5") in msg and "stage2.threshold" in msg and f"{bad:g}" in msg
         assert "\n" not in msg
+    at = HardLabelStore(tmp_path / "h.h5", threshold=0.95)  # the store's own threshold, checked on opening
+    np.testing.assert_array_equal(at.get("0.png"), store.get("0.png", 0.95))
+    with pytest.raises(PseudoLabelStoreError, match="stage2.threshold"):
+        HardLabelStore(tmp_path / "h.h5", threshold=0.955)
     custom = HardLabelStore(generate_hard(_Identity(), items, tmp_path / "c.h5", n_class=3,
                                           thresholds=[0.955, 0.3], progress=False))
     assert custom.levels.tolist() == [np.float16(0.3), np.float16(0.955)]

@@ -45,13 +45,14 @@ class SoftStore:
 
 
 class HardStore:
-    """Hard labels: the block id with 250 on every third block; records the thresholds asked."""
+    """Hard labels: the block id with 250 on every third block (its own threshold applied);
+    counts the labels served."""
 
     def __init__(self) -> None:
-        self.thresholds: list[float] = []
+        self.served = 0
 
-    def get(self, name: str, threshold: float) -> np.ndarray:
-        self.thresholds.append(threshold)
+    def get(self, name: str) -> np.ndarray:
+        self.served += 1
         blocks = FakeDataset().blocks
         return np.where(blocks % 3 == 0, 250, blocks).astype(np.uint8)
 
@@ -119,14 +120,14 @@ def test_soft_labels_follow_the_weak_view_exactly():
             assert torch.allclose(item["lpsoft"], expected, atol=1e-5)
 
 
-def test_hard_labels_follow_the_label_and_get_the_threshold():
+def test_hard_labels_follow_the_label():
     store = HardStore()
-    ds = _dataset(hard_labels=store, hard_threshold=0.95)
+    ds = _dataset(hard_labels=store)
     for i in range(len(ds)):
         item = ds[i]
         label = item["label"]
         assert torch.equal(item["lp"], torch.where(label % 3 == 0, 250, label))
-    assert store.thresholds == [0.95] * len(ds)
+    assert store.served == len(ds)
 
 
 def test_items_depend_only_on_seed_epoch_and_index():

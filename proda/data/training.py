@@ -29,9 +29,10 @@ class SoftLabelStore(Protocol):
 
 
 class HardLabelStore(Protocol):
-    """Hard pseudo labels: uint8 ``H×W`` train ids with 250 where the confidence is too low."""
+    """Hard pseudo labels: uint8 ``H×W`` train ids with 250 where the confidence is at or below
+    the store's own threshold."""
 
-    def get(self, name: str, threshold: float) -> np.ndarray: ...
+    def get(self, name: str) -> np.ndarray: ...
 
 
 def _item_name(dataset: Any, i: int) -> str:
@@ -45,7 +46,7 @@ def _item_name(dataset: Any, i: int) -> str:
 class TrainingDataset(Dataset):
     """Items ``img``, ``label``, ``weak_params``, ``name`` and, as configured, ``img_strong`` +
     ``strong_params`` (strong=True), ``img_full`` (full_image=True), ``lpsoft`` (soft_labels)
-    and ``lp`` (hard_labels, dropped below ``hard_threshold`` by the store).
+    and ``lp`` (hard_labels, thresholded by the store).
 
     ``dataset`` provides ``load_pil(i) -> (PIL RGB, uint8 H×W train ids)`` and item names.
     ``crop_wh`` is (W, H); ``small`` chooses what happens when the resized image is smaller than
@@ -56,8 +57,7 @@ class TrainingDataset(Dataset):
                  scale_range: Sequence[float] = (0.5, 1.5), hflip: float = 0.5,
                  strong: bool = True, full_image: bool = False,
                  soft_labels: SoftLabelStore | None = None,
-                 hard_labels: HardLabelStore | None = None, hard_threshold: float = -1.0,
-                 seed: int = 0, small: str = "resize") -> None:
+                 hard_labels: HardLabelStore | None = None, seed: int = 0, small: str = "resize") -> None:
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.dataset = dataset
@@ -69,7 +69,6 @@ class TrainingDataset(Dataset):
         self.full_image = full_image
         self.soft_labels = soft_labels
         self.hard_labels = hard_labels
-        self.hard_threshold = float(hard_threshold)
         self.seed = int(seed)
         self.small = small
         self.epoch = 0
@@ -128,7 +127,7 @@ class TrainingDataset(Dataset):
         """Hard label at the image size (checked, never resized), then the weak view padded with
         250 (int64). Hard labels are written at the size of the dataset's items, so another size
         means they were made for another data configuration."""
-        lp = np.asarray(self.hard_labels.get(name, self.hard_threshold))
+        lp = np.asarray(self.hard_labels.get(name))
         if lp.ndim != 2 or lp.dtype != np.uint8:
             raise ValueError(f"{name}: hard label must be uint8 H×W, got {lp.dtype} {lp.shape}")
         if (lp.shape[1], lp.shape[0]) != tuple(size_wh):

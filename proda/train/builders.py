@@ -39,15 +39,12 @@ def check_crop(cfg: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def training_view(dataset: Dataset, cfg: Mapping[str, Any], *, seed: int, strong: bool = False,
-                  full_image: bool = False, soft_labels=None, hard_labels=None,
-                  hard_threshold: float = -1.0) -> TrainingDataset:
+                  full_image: bool = False, soft_labels=None, hard_labels=None) -> TrainingDataset:
     """Weak (and optionally strong) augmented view of ``dataset`` with the config's sizes."""
     data = cfg["data"]
     return TrainingDataset(dataset, resize_base=data["resize"], crop_wh=check_crop(cfg),
                            scale_range=tuple(data["scale_range"]), hflip=data["hflip"], strong=strong,
-                           full_image=full_image, soft_labels=soft_labels, hard_labels=hard_labels,
-                           hard_threshold=hard_threshold,
-                           seed=seed)
+                           full_image=full_image, soft_labels=soft_labels, hard_labels=hard_labels, seed=seed)
 
 
 def stream(dataset: Dataset, cfg: Mapping[str, Any], runtime: Runtime, *, seed: int,
