@@ -19,8 +19,9 @@ import pytest
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
-SLURM_JOBS = sorted(["toycity", "warmup", "soft_labels", "prototypes", "stage1", "hard_labels", "hard_labels",
-                     "distill", "distill", *["evaluate"] * 4, "figures", "label_quality"])
+SLURM_JOBS = sorted(["toycity", "check_data", "warmup", "soft_labels", "prototypes", "stage1", "hard_labels",
+                     "hard_labels", "distill", "distill", *["evaluate"] * 4, "figures", "label_quality"])
+LOCAL = ("manifest", "report", "all")
 
 
 def _slurm_is_up() -> None:
@@ -42,8 +43,8 @@ def test_tiny_workflow_runs_through_the_slurm_profile(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-8000:]
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid \d+ \(log: .*rule_(\w+)/", out)
-    assert sorted(submitted) == SLURM_JOBS, out[-8000:]  # every rule but the local all/report
-    for local in ("report", "all"):
+    assert sorted(submitted) == SLURM_JOBS, out[-8000:]  # every rule but the local ones
+    for local in LOCAL:
         assert re.search(rf"^localrule {local}:", out, re.M), local
     with open(tmp_path / "results" / "tiny" / "report" / "summary.csv") as fh:
         rows = list(csv.DictReader(fh))
