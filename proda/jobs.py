@@ -73,17 +73,19 @@ def run_step(name: str, cfg: Mapping[str, Any], *, out: PathLike, inputs: Mappin
         kwargs: dict[str, Any] = {role: given.get(role) for role in spec.consumes}
         if spec.trains:
             kwargs["state_dir"] = str(state_dir or Path(out).parent / "state")
-        result = None
         if spec.trains and gpus > 1:
-            _torchrun(spec, cfg, out, kwargs, gpus, threads)
+            result = _torchrun(spec, cfg, out, kwargs, gpus, threads)
         else:
             result = spec.function(cfg, out=str(out), **kwargs, **(options or {}))
-        if not main:
-            return result
-        written = {"model": out, "log": Path(out).with_name(TRAIN_LOG)} if spec.trains else {"out": out}
-        records.write(name, written, view if view is not None else step_view(cfg, name), checked,
-                      record_of(spec, out))
+        if main:
+            records.write(name, _written(spec, out), view if view is not None else step_view(cfg, name), checked,
+                          record_of(spec, out))
     return result
+
+
+def _written(spec: Step, out: PathLike) -> dict[str, PathLike]:
+    """The files a step wrote for ``out`` (a training step: its model and its log)."""
+    return {"model": out, "log": Path(out).with_name(TRAIN_LOG)} if spec.trains else {"out": out}
 
 
 def _torchrun(spec: Step, cfg: Mapping[str, Any], out: PathLike, kwargs: Mapping[str, Any], gpus: int,

@@ -112,6 +112,38 @@ def test_two_runs_never_write_one_artifact_at_once(tmp_path):
     assert (tmp_path / "toycity-x.record.yaml").is_file()
 
 
+def test_a_training_job_with_several_gpus_runs_its_step_under_torchrun(tmp_path, monkeypatch):
+    """gpus > 1: the step runs as `torchrun ... -m proda.cli <step> --config-json` with the job's
+    config and inputs (the parent job checks inputs, holds the lock and writes the record)."""
+    from proda import jobs
+
+    launched = {}
+
+    def fake_run(cmd, env):
+        launched["cmd"] = cmd
+        args = parser().parse_args(cmd[7:])
+        launched["cfg"] = json.loads(Path(args.config_json).read_text())
+        out = Path(args.out)
+        out.parent.mkdir(parents=True)
+        out.write_bytes(b"model")
+        out.with_name("train.csv").write_text("iteration\n")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(jobs.subprocess, "run", fake_run)
+    inputs = {role: tmp_path / f"{role}.bin" for role in ("warmup", "soft", "prototypes")}
+    for path in inputs.values():
+        path.write_bytes(b"x")
+    cfg = load_defaults()
+    out = tmp_path / "stage1-x" / "model.pt"
+    run_step("stage1", cfg, out=out, inputs=inputs, threads=4, gpus=2)
+    args = parser().parse_args(launched["cmd"][7:])
+    assert launched["cmd"][4] == "--nproc_per_node=2" and (args.command, args.threads) == ("stage1", 2)
+    assert (args.warmup, args.soft, args.prototypes) == tuple(str(p) for p in inputs.values())
+    assert args.state_dir == str(out.parent / "state") and launched["cfg"] == json.loads(json.dumps(cfg))
+    record = yaml.safe_load((out.parent / "record.yaml").read_text())
+    assert set(record["outputs"]) == {"model.pt", "train.csv"} and set(record["inputs"]) == set(inputs)
+
+
 def test_a_missing_input_role_is_named():
     with pytest.raises(ValueError, match="step stage1 needs the input.s. soft, prototypes"):
         run_step("stage1", load_defaults(), out="x/model.pt", inputs={"warmup": "w.pt"})
