@@ -600,6 +600,30 @@ def test_study_reports_seeds_bounds_ablations_and_label_quality(study_run):
 
 
 @pytest.mark.slow
+def test_prune_keeps_every_seed_bound_and_ablation_of_a_study(study_run, tmp_path):
+    """Every run of a study (seeds, bounds, ablations) writes its own manifest under the experiment
+    folder, so prune finds nothing unused (with or without the aggregate study/ folder) and removes
+    only a folder no run uses."""
+    from proda.prune import prune
+
+    results = tmp_path / "results"
+    shutil.copytree(study_run / "results", results, symlinks=True)
+    study = results / "study"
+    manifests = sorted(p.parent.name for p in study.glob("*/manifest.yaml"))
+    assert manifests == sorted(["seed-1", "seed-2", "source_only-seed-1", "source_only-seed-2", "oracle-seed-1",
+                                "oracle-seed-2", *(f"{a}-seed-{s}" for a in ("no_rectify", "no_consistency",
+                                                                              "no_distillation") for s in (1, 2))])
+    assert prune(results) == []
+    warmups = sorted(p for p in (results / "runs").glob("warmup-*") if p.is_dir())
+    old = results / "runs" / ("warmup-" + "0" * 12)
+    old.mkdir()
+    assert prune(results) == [old]
+    shutil.rmtree(study / "study")  # the aggregate report: the runs' own manifests still hold them
+    assert prune(results, delete=True) == [old] and not old.exists()
+    assert sorted(p for p in (results / "runs").glob("warmup-*") if p.is_dir()) == warmups
+
+
+@pytest.mark.slow
 def test_study_html_report_has_every_figure_with_a_caption(study_run):
     from proda.report import CAPTIONS
 
