@@ -84,7 +84,7 @@ class MemoryHard:
     def __init__(self, wh: tuple[int, int]):
         self.lp = np.random.RandomState(0).randint(0, 19, (wh[1], wh[0])).astype(np.uint8)
 
-    def get(self, name: str, threshold: float) -> np.ndarray:
+    def get(self, name: str) -> np.ndarray:
         return self.lp
 
 
