@@ -52,3 +52,19 @@ class CountingStage:
 
     def load_extra_state(self, state) -> None:
         return None
+
+
+def snapshot_repo(root: Path) -> Path:
+    """A copy of the workflow and the package under ``root/repo``, so that edits made while a long
+    workflow test runs (code changes count for reruns) cannot interfere."""
+    import shutil
+
+    repo_root = BENCHMARKS.parent
+    repo = root / "repo"
+    repo.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("Snakefile", "config.yaml", "environment.yml"):
+        shutil.copy2(repo_root / name, repo / name)
+    for name in ("config", "workflow", "proda"):
+        shutil.copytree(repo_root / name, repo / name, ignore=ignore)
+    return repo

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from fakes import snapshot_repo
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDE = REPO / "config" / "scale_check.yaml"
@@ -88,14 +88,7 @@ def test_the_override_changes_only_what_keeps_every_shape(name):
 # ------------------------------------------------------------------------------- the runs
 def _snapshot(root: Path) -> Path:
     """A copy of the workflow and the package, so that edits made meanwhile cannot interfere."""
-    repo = root / "repo"
-    repo.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("Snakefile", "config.yaml", "environment.yml"):
-        shutil.copy2(REPO / name, repo / name)
-    for name in ("config", "workflow", "proda"):
-        shutil.copytree(REPO / name, repo / name, ignore=ignore)
-    return repo
+    return snapshot_repo(root)
 
 
 def _stand_in_weights(folder: Path, n_class: int) -> tuple[Path, Path]:

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from fakes import snapshot_repo
 
 from proda.registry import STAGES as CHAIN, STEPS
 
@@ -320,13 +321,7 @@ def tiny_run(tmp_path_factory) -> SimpleNamespace:
     """One real run of config/tiny.yaml (the whole DAG), from a snapshot of the repository so
     that edits made meanwhile (code changes count for reruns) cannot interfere."""
     root = tmp_path_factory.mktemp("tiny")
-    repo = root / "repo"
-    repo.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("Snakefile", "config.yaml", "environment.yml"):
-        shutil.copy2(REPO / name, repo / name)
-    for name in ("config", "workflow", "proda"):
-        shutil.copytree(REPO / name, repo / name, ignore=ignore)
+    repo = snapshot_repo(root)
     run = SimpleNamespace(dir=root / "work", repo=repo)
     run.dir.mkdir()
     r = smk(run.dir, "--cores", "2", "--show-failed-logs", repo=repo)
