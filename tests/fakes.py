@@ -1,7 +1,11 @@
 """Stand-ins shared by the training-loop tests, and the loader of the benchmark scripts under test."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import subprocess
+import sys
+from collections.abc import Iterator
 import os
 from pathlib import Path
 from types import ModuleType
@@ -68,3 +72,19 @@ def snapshot_repo(root: Path) -> Path:
     for name in ("config", "workflow", "proda"):
         shutil.copytree(repo_root / name, repo / name, ignore=ignore)
     return repo
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(path: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding :func:`proda.files.job_lock` on ``path`` for the block (killed
+    after it, which releases the lock); yields that process."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from proda.files import job_lock\n"
+         f"with job_lock({str(path)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        cwd=BENCHMARKS.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

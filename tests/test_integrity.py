@@ -4,8 +4,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import subprocess
-import sys
 from collections import namedtuple
 from pathlib import Path
 
@@ -13,12 +11,13 @@ import pytest
 import torch
 
 from proda import files
+from fakes import lock_held_elsewhere
+
 from proda.files import LockedError, NoSpaceLeftError, atomic_path, is_locked, job_lock, lock_holder
 from proda.integrity import DamagedArtifactError, verify_archive, zip_damage
 from proda.models.checkpoint import save_checkpoint
 from proda.models.deeplabv2 import DeepLabV2
 
-REPO = Path(__file__).resolve().parents[1]
 Usage = namedtuple("Usage", "total used free")
 
 
@@ -104,19 +103,11 @@ def test_job_lock_is_exclusive_names_the_holder_and_is_released(tmp_path):
 
 def test_a_lock_held_by_another_process_and_released_when_it_dies(tmp_path):
     artifact = tmp_path / "model.pt"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from proda.files import job_lock\n"
-         f"with job_lock({str(artifact)!r}):\n    print('held', flush=True); sys.stdin.read()"],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(artifact) as holder:
         assert lock_holder(artifact) == str(holder.pid)
         with pytest.raises(LockedError, match=rf"being written by another run \(pid {holder.pid}\)"):
             with job_lock(artifact):
                 pass
-    finally:
-        holder.kill()
-        holder.wait()
     assert not is_locked(artifact)  # a killed job leaves no held lock
     assert files.lock_path(artifact).is_file()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fakes import lock_held_elsewhere
 
 from proda.cli import main, parser
 from proda.config import execution_settings, load_defaults, step_view
@@ -97,17 +98,10 @@ def test_two_runs_never_write_one_artifact_at_once(tmp_path):
     """Two checkouts sharing a results directory: while one job holds an artifact's lock, another
     job for the same artifact stops in one line and writes nothing."""
     out = tmp_path / "toycity-x"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from proda.files import job_lock\n"
-                               "with job_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(out)],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(out) as holder:
         with pytest.raises(ValueError, match=f"{out} is being written by another run .pid {holder.pid}."):
             run_step("toycity", _toy_config(), out=out, inputs={})
         assert not out.exists() and not (tmp_path / "toycity-x.record.yaml").exists()
-    finally:
-        holder.kill()
-        holder.wait()
     run_step("toycity", _toy_config(), out=out, inputs={})  # the lock went with its process
     assert (tmp_path / "toycity-x.record.yaml").is_file()
 

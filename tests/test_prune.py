@@ -1,17 +1,15 @@
 """proda.prune: remove only run folders that no manifest uses and no running job holds."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from fakes import lock_held_elsewhere
 
 from proda.files import job_lock, lock_path
 from proda.prune import prune
 
-REPO = Path(__file__).resolve().parents[1]
 H = "0123456789ab"
 
 
@@ -77,18 +75,10 @@ def test_delete_removes_them_and_their_lock_files_and_keeps_every_used_folder(re
 def test_a_folder_a_running_job_holds_is_kept(results, capsys):
     """A job (another process) writing inside the orphan tree: the tree is reported and kept."""
     job = results["orphan_child"] / "model.pt"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from proda.files import job_lock\n"
-         f"with job_lock({str(job)!r}):\n    print('held', flush=True); sys.stdin.read()"],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(job) as holder:
         assert prune(results["root"], delete=True) == [results["old"]]
         assert job.is_file()
         assert f"kept (a running job holds it, pid {holder.pid}): {results['orphan']}" in capsys.readouterr().out
-    finally:
-        holder.kill()
-        holder.wait()
     assert prune(results["root"], delete=True) == [results["orphan"]]  # released: now removed
 
 
