@@ -192,8 +192,8 @@ def problems(cfg: Mapping[str, Any], *, checks: str = "files") -> Iterator[str]:
 def validate(cfg: Mapping[str, Any], *, checks: str = "files") -> None:
     """Raise :class:`ConfigError` with the first problem of a complete config (one line).
 
-    The workflow (before any job) and the CLI run this same function with every check; a job the
-    workflow launches gets a config view it already validated, and re-checks only the schema."""
+    The workflow (before any job) and the CLI run this same function with every check, once; a
+    job the workflow launches gets its part of that validated config and checks nothing again."""
     first = next(problems(cfg, checks=checks), None)
     if first is not None:
         raise ConfigError(first)
@@ -260,11 +260,6 @@ def job_config(view: Mapping[str, Any], execution: Mapping[str, Any]) -> dict[st
     """What a workflow job runs on: its step view plus the run's execution-only settings (the two
     hold different keys; no defaults are merged in again)."""
     return deep_merge(view, execution)
-
-
-def complete(view: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A full config from a step view (missing keys from the defaults) plus execution settings."""
-    return deep_merge(deep_merge(load_defaults(), view), extra or {})
 
 
 def without_execution(config: Mapping[str, Any]) -> dict[str, Any]:

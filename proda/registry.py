@@ -140,12 +140,3 @@ def step(name: str) -> Step:
         return STEPS[name]
     except KeyError:
         raise ValueError(f"unknown step '{name}' (known: {', '.join(STEPS)})") from None
-
-
-def step_of_node(node: str) -> Step:
-    """The step whose artifact is ``node`` (a path ending in ``<stem>-<digest>``)."""
-    stem = node.rstrip("/").rsplit("/", 1)[-1].rsplit("-", 1)[0]
-    for candidate in STEPS.values():
-        if candidate.stem == stem:
-            return candidate
-    raise ValueError(f"{node} is not an artifact of any step (known: {', '.join(s.stem for s in STEPS.values())})")
