@@ -239,7 +239,7 @@ def test_hard_pseudo_label_of_another_size_is_an_error(tmp_path):
         def __init__(self, hw):
             self.hw = hw
 
-        def get(self, name, threshold):
+        def get(self, name):
             return np.zeros(self.hw, np.uint8)
 
     ok = TrainingDataset(ds, resize_base=W, crop_wh=(W, H), strong=False,
