@@ -6,12 +6,20 @@
     snakemake --cores all --profile slurm --configfile ...             # on a SLURM cluster
 
 Config: the defaults of proda/config.schema.yaml <- config.yaml (only when no --configfile is
-given) <- each --configfile, checked by proda.config.validate before any job. Artifacts live under
-results_dir/runs/ in folders named by their provenance (proda/plan.py); results_dir/<experiment>/
-holds the experiment's evaluation CSVs, report and manifest.
+given) <- each --configfile, merged and checked once, here, before any job (proda.config.resolve).
+Artifacts live under results_dir/runs/ in folders named by their provenance (proda/plan.py);
+results_dir/<experiment>/ holds the experiment's evaluation CSVs, report and manifest.
 """
 
+import sys
+
+sys.path.insert(0, workflow.basedir)  # `proda` importable without installing it
+
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
+
+from proda.config import ConfigError, resolve
+from proda.plan import study
 
 min_version("9.0")
 
@@ -19,6 +27,17 @@ min_version("9.0")
 if not workflow.overwrite_configfiles:  # the toy default, beside this file
 
     configfile: f"{workflow.basedir}/config.yaml"
+
+
+try:  # the run's one merge (defaults <- config files) and one validation
+    CONFIG = resolve(config)
+except ConfigError as err:
+    raise WorkflowError(f"Invalid configuration: {err}") from None
+# jobs read the execution-only settings (device, workers, logging) from Snakemake's config
+config.update(CONFIG)
+# every artifact: its folder, its inputs by role and the config view that names it; each rule's
+# params are its job's view (STUDY.view_of), so a changed value reruns what depends on it
+STUDY = study(CONFIG)
 
 
 include: "workflow/rules/common.smk"

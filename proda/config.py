@@ -257,9 +257,16 @@ def step_view(config: Mapping[str, Any], step: str) -> dict[str, Any]:
 
 
 def job_config(view: Mapping[str, Any], execution: Mapping[str, Any]) -> dict[str, Any]:
-    """What a workflow job runs on: its step view plus the run's execution-only settings (the two
-    hold different keys; no defaults are merged in again)."""
-    return deep_merge(view, execution)
+    """What a workflow job runs on: its step view with the run's execution-only settings added
+    beside it (:func:`execution_settings`: keys no view holds, so nothing is overridden, and no
+    defaults are merged in again)."""
+    out = copy.deepcopy(dict(view))
+    for key, value in execution.items():
+        if isinstance(value, Mapping):
+            out[key] = {**out.get(key, {}), **value}
+        else:
+            out[key] = value
+    return out
 
 
 def without_execution(config: Mapping[str, Any]) -> dict[str, Any]:

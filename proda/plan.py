@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -232,6 +233,21 @@ class Study:
     def reports(self) -> dict[str, Plan]:
         """The runs with a report of their own (the full chain of each seed)."""
         return {self.plans[name].folder: self.plans[name] for name in self.main.values()}
+
+    @cached_property
+    def artifacts(self) -> dict[str, Artifact]:
+        """Every planned artifact of every run, by node (runs share their upstream artifacts; read
+        once the study is planned)."""
+        return {node: art for p in self.plans.values() for node, art in p.artifacts.items()}
+
+    def view_of(self, job: Any) -> dict[str, Any]:
+        """The config view of the artifact ``job.node`` (a rule's params: what names its folder and
+        what its job runs on)."""
+        return self.artifacts[job.node].view
+
+    def step_of(self, job: Any) -> str:
+        """The registered step that writes the artifact ``job.node``."""
+        return self.artifacts[job.node].step
 
 
 def study(cfg: Mapping[str, Any]) -> Study:

@@ -87,8 +87,13 @@ def test_run_rule_gives_the_step_only_its_view_and_the_execution_settings(tmp_pa
 
     from proda import steps
 
+    def checked_again(*args, **kwargs):
+        raise AssertionError("a job merged defaults or validated the config again")
+
     monkeypatch.setattr(steps, "toycity", fake_toycity)
     full = _toy_config()
+    for name in ("load_defaults", "deep_merge", "problems", "validate", "resolve"):
+        monkeypatch.setattr(f"proda.config.{name}", checked_again)
     run_rule("toycity", step_view(full, "toycity"), run_config=full, inputs={}, out=str(tmp_path / "t"))
     assert set(seen) == {"data", "train", "device", "unsafe_pickle"}
     assert seen["data"].keys() == {"toycity", "num_workers"} and seen["train"] == execution_settings(full)["train"]

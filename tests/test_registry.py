@@ -97,7 +97,7 @@ def test_every_rule_names_its_inputs_by_the_registered_roles():
         deps = {name for name, _ in roles} - set(spec.consumes)
         assert set(spec.consumes) <= {name for name, _ in roles} and deps <= DEPENDENCIES, (spec.name, roles)
         assert re.search(rf'nodes_of\([^)]*"{spec.name}"', block), spec.name
-        assert 'script:\n        "../scripts/step.py"' in block and "view=view_of" in block, spec.name
+        assert 'script:\n        "../scripts/step.py"' in block and "view=STUDY.view_of" in block, spec.name
         assert 'threads_of("' in block
 
 
@@ -136,3 +136,13 @@ def test_the_architecture_doc_shows_the_registry():
     assert "proda/registry.py" in doc
     for spec in STEPS.values():
         assert f"`{spec.name}`" in doc, spec.name
+
+
+def test_the_workflow_merges_and_validates_the_config_once_in_the_snakefile():
+    """The Snakefile resolves the config (one merge, one validation); no rule, worker or job does it
+    again: they read the plan's views (STUDY.view_of)."""
+    snakefile = (REPO / "Snakefile").read_text()
+    assert len(re.findall(r"\bresolve\(config\)", snakefile)) == 1
+    again = re.compile(r"(?<![\w])(?<!\)\.)(resolve|validate|deep_merge|load_defaults)\(")  # not Path(..).resolve()
+    others = [*(REPO / "workflow").rglob("*.smk"), *(REPO / "workflow").rglob("*.py"), REPO / "proda" / "jobs.py"]
+    assert not [p for p in others if again.search(p.read_text())]

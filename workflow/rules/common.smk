@@ -1,5 +1,5 @@
-"""Shared by every rule: the config, merged and validated once, the plan of every artifact
-(proda/plan.py) and the input, params and resource functions. Defines no rules.
+"""Shared by every rule: the input, params and resource functions over the plan (STUDY, made in
+the Snakefile from the validated CONFIG). Defines no rules.
 
 Every artifact's path carries its provenance (results_dir/runs/warmup-<h>/stage1-<h>/...): a
 rule's output pattern has one wildcard `node` (the artifact's folder, or its file path without the
@@ -8,32 +8,10 @@ roles of the step registry (proda/registry.py); `artifact(role)` looks the path 
 """
 
 import re
-import sys
 
-sys.path.insert(0, workflow.basedir)  # `proda` importable without installing it
-
-from snakemake.exceptions import WorkflowError
-
-from proda.config import (
-    ConfigError,
-    deep_merge,
-    effective,
-    load_defaults,
-    validate,
-    without_execution,
-)
-from proda.plan import ABLATIONS, study, toycity_folder
+from proda.config import without_execution
+from proda.plan import ABLATIONS, toycity_folder
 from proda.registry import STEPS, TIERS
-
-
-def _validated(user: dict) -> dict:
-    """Defaults <- the user's config, checked by the same function as the CLI (one line on error)."""
-    cfg = deep_merge(load_defaults(), user)
-    try:
-        validate(cfg)
-    except ConfigError as err:
-        raise WorkflowError(f"Invalid configuration: {err}") from None
-    return effective(cfg)
 
 
 def _check_device(cfg: dict) -> None:
@@ -50,14 +28,10 @@ def _check_device(cfg: dict) -> None:
         )
 
 
-CONFIG = _validated(config)
 _check_device(CONFIG)
-# workers read the execution-only settings (device, workers, logging) from it
-config.update(CONFIG)
-STUDY = study(CONFIG)
 PLANS = STUDY.plans
 REPORTS = STUDY.reports()  # run folder -> plan, for each seed's full chain
-ARTIFACTS = {node: art for p in PLANS.values() for node, art in p.artifacts.items()}
+ARTIFACTS = STUDY.artifacts
 TOY = CONFIG["data"]["toycity"] is not None
 QUALITY = bool(CONFIG["report"]["label_quality"])
 DATA = (
@@ -86,16 +60,6 @@ def artifact(role: str):
 
     path_of.__name__ = f"artifact_{role}"
     return path_of
-
-
-def view_of(wildcards) -> dict:
-    """The config view that determines the job's output (its params; also its folder's digest)."""
-    return ARTIFACTS[wildcards.node].view
-
-
-def step_of(wildcards) -> str:
-    """The registered step of the job (stage2 or stage3 for the distill rule)."""
-    return ARTIFACTS[wildcards.node].step
 
 
 def evals_of(wildcards) -> dict:

@@ -19,8 +19,8 @@ rule toycity:
     resources:
         **resources_of("toycity"),
     params:
-        step=step_of,
-        view=view_of,
+        step=STUDY.step_of,
+        view=STUDY.view_of,
     script:
         "../scripts/step.py"
 
@@ -43,7 +43,7 @@ rule check_data:
     resources:
         **resources_of("check_data"),
     params:
-        step=step_of,
-        view=view_of,
+        step=STUDY.step_of,
+        view=STUDY.view_of,
     script:
         "../scripts/step.py"

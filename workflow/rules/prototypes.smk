@@ -20,7 +20,7 @@ rule prototypes:
     resources:
         **resources_of("prototypes"),
     params:
-        step=step_of,
-        view=view_of,
+        step=STUDY.step_of,
+        view=STUDY.view_of,
     script:
         "../scripts/step.py"

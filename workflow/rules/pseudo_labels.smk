@@ -21,8 +21,8 @@ rule soft_labels:
     resources:
         **resources_of("soft_labels"),
     params:
-        step=step_of,
-        view=view_of,
+        step=STUDY.step_of,
+        view=STUDY.view_of,
     script:
         "../scripts/step.py"
 
@@ -46,7 +46,7 @@ rule hard_labels:
     resources:
         **resources_of("hard_labels"),
     params:
-        step=step_of,
-        view=view_of,
+        step=STUDY.step_of,
+        view=STUDY.view_of,
     script:
         "../scripts/step.py"

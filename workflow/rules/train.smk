@@ -29,8 +29,8 @@ rule stage1:
     resources:
         **resources_of("stage1"),
     params:
-        step=step_of,
-        view=view_of,
+        step=STUDY.step_of,
+        view=STUDY.view_of,
     script:
         "../scripts/step.py"
 
@@ -59,7 +59,7 @@ rule distill:
     resources:
         **resources_of("stage2"),
     params:
-        step=step_of,
-        view=view_of,
+        step=STUDY.step_of,
+        view=STUDY.view_of,
     script:
         "../scripts/step.py"

@@ -24,7 +24,7 @@ rule warmup:
     resources:
         **resources_of("warmup"),
     params:
-        step=step_of,
-        view=view_of,
+        step=STUDY.step_of,
+        view=STUDY.view_of,
     script:
         "../scripts/step.py"
