@@ -4,9 +4,9 @@ its report holds.
 The stage ordering asserted is the one the toy study supports across seeds and the two CPU kinds
 measured (docs/toy-benchmark.md, "The study"). Stages 1 and 2 end clearly above the warm-up:
 stage 1 gains +6.8 ± 0.2 mIoU over 3 single-threaded seeds (smallest +6.6), stage 2 at least +7.6;
-this 2-thread run gained +4.6 and +5.2 on the README's machine (2026-11-30 and 2026-12-04) and +3.5 and +3.3 on the
-machine of 2026-12-03 (another AMD EPYC; the same code, bit for bit the same warm-up, other
-kernels later). The test asks for +2, so it is no one-seed or one-machine accident. Stage 3 gained
+this 2-thread run gained +4.6 and +5.2 on the README's machine kind (2026-11-30, 2026-12-04) and
++3.5 and +3.3 on the machine of 2026-12-03 (another AMD EPYC; the same code, bit for bit the same
+warm-up, other kernels later). The test asks for +2, so it is no one-seed or one-machine accident. Stage 3 gained
 +5.5 and +1.3 on those two machines: it is only held above the warm-up. Stage 2 against stage 1
 (+1.8 ± 1.1) and stage 3 against stage 2 (−0.9 ± 0.7) are within two standard deviations of a tie
 across seeds, so each is only held to its study mean minus three standard deviations: stage 2 ≥
