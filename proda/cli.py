@@ -146,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _run_step(spec: Step, args: argparse.Namespace) -> Any:
     """A registered step: in this process with its record, or (``--config-json``) as one torchrun worker."""
-    from proda.jobs import run_step
+    from proda.steps import run_step
 
     cfg = _config(args)
     inputs = {role: getattr(args, role) for role in spec.consumes}
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     elif c == "show":
         _show(args.paths)
     elif c == "report":
-        from proda.steps import report
+        from proda.experiment import report
 
         report(dict(_stage_csv(item) for item in args.evals), args.out_dir)
     elif c == "prune":

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from proda.files import LOCK_SUFFIX, LockedError, job_lock, lock_holder, lock_path
+from proda.files import LOCK_SUFFIX, LockedError, job_lock, lock_holder
 from proda.registry import STAGES
 
 PathLike = str | os.PathLike

@@ -9,7 +9,7 @@ that runs it. Everything that needs to know the steps reads this table:
 - :mod:`proda.plan` names every artifact from :attr:`Step.prefix` / :attr:`Step.output` and runs
   every per-model step (:attr:`Step.per_model`) on each stage's model;
 - :mod:`proda.cli` makes one sub-command per step, with one ``--<role>`` option per input;
-- :mod:`proda.jobs` runs a workflow job by calling :attr:`Step.function` in its own process;
+- :func:`proda.steps.run_step` runs a step by calling :attr:`Step.function` in its own process;
 - ``workflow/rules/*.smk`` name their inputs by these roles (``tests/test_registry.py`` checks it).
 
 Adding a step is an entry here, its function in :mod:`proda.steps` and (for the workflow) a rule;

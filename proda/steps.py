@@ -1,5 +1,11 @@
-"""One function per pipeline step: files in, artifact out (the step registry, proda/registry.py,
-names them). The workflow's jobs (proda/jobs.py) and the CLI call these.
+"""The registered steps (proda/registry.py): how one runs, and one function per step.
+
+Running a step (:func:`run_step`; a Snakemake rule's job comes through :func:`run_rule`, the CLI
+calls it directly): the step's inputs are checked against their provenance records, its artifact's
+lock is held (two runs that share a results directory never write one folder at once), its function
+is called in this process (under torchrun only when a training job has several GPUs) and the
+artifact's record is written. Nothing here merges or validates the config: the Snakefile or the
+CLI did that once.
 
 Every step function takes the config (a resolved one, or a job's view plus its execution settings),
 its input artifacts as keyword arguments named by their registry roles, and ``out`` (training steps
@@ -8,8 +14,13 @@ half-written output behind.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,24 +28,117 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from proda.config import step_view
+import proda
+from proda import records
+from proda.config import ConfigError, execution_settings, job_config, step_view
+from proda.files import atomic_path, digest, file_sha256, job_lock
+from proda.logs import logged_job
 from proda.models import build_model, save_checkpoint, unwrap
-from proda.files import atomic_path, digest, file_sha256
+from proda.registry import TRAIN_LOG, Step, step
+from proda.runtime import Runtime, make_runtime, seed_everything
+from proda.train.builders import source_dataset, stream, target_dataset, training_view
 from proda.train.loop import LOG_FILE, Stage, Trainer
 from proda.train.optim import schedule_length
-from proda.registry import TRAIN_LOG
-from proda.runtime import Runtime, make_runtime, seed_everything
 from proda.train.resume import job_fingerprint, prepare_state_dir
-from proda.train.builders import source_dataset, stream, target_dataset, training_view
 
+REPO = Path(proda.__file__).resolve().parents[1]
 PathLike = str | os.PathLike
 
 
-def _meta(cfg: Mapping[str, Any], step: str, **extra: Any) -> dict[str, Any]:
-    """A checkpoint's own metadata: its stage, the digest of its view and the target image size it
-    was trained for (``proda predict`` resizes images to it)."""
-    return {"stage": step, "config_digest": digest(step_view(cfg, step), 16),
-            "target_size": list(cfg["data"]["target"]["size"] or []), **extra}
+# ---------------------------------------------------------------------------- running a step
+def node_of(spec: Step, out: PathLike) -> Path:
+    """The artifact a step's ``out`` belongs to: a model's folder, a file without its suffix, a folder."""
+    out = Path(out)
+    if spec.trains:
+        return out.parent
+    return out if spec.output == "folder" else out.with_suffix("")
+
+
+def record_of(spec: Step, out: PathLike) -> Path:
+    """Where the record of the artifact written to ``out`` goes."""
+    node = node_of(spec, out)
+    return node / records.RECORD if spec.trains else node.parent / f"{node.name}.{records.RECORD}"
+
+
+def torchrun_command(argv: list[str], gpus: int) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node=<gpus> -m proda.cli <argv>``:
+    one DistributedDataParallel process per GPU of this node."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+            "-m", "proda.cli", *argv]
+
+
+def run_step(name: str, cfg: Mapping[str, Any], *, out: PathLike, inputs: Mapping[str, PathLike | None],
+             state_dir: PathLike | None = None, threads: int = 0, gpus: int = 0,
+             view: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None) -> Any:
+    """Run the registered step ``name`` on ``cfg`` and write ``out`` and its record.
+
+    ``inputs``: role -> path; the step's function receives the roles it consumes, every input is
+    checked against its record first (a damaged one stops the job in one line). ``view`` (default:
+    the step's view of ``cfg``) is what the record says made the artifact; ``options``: extra keyword
+    arguments of the function that change no artifact (e.g. ``png_dir``). Returns what it returns."""
+    spec = step(name)
+    given = {role: str(path) for role, path in inputs.items() if path}
+    missing = [role for role in spec.consumes if role not in given and role not in spec.optional]
+    if missing:
+        raise ConfigError(f"step {name} needs the input(s) {', '.join(missing)}")
+    checked = {role: records.verify(path) for role, path in given.items()}
+    if threads:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    main = int(os.environ.get("RANK", "0")) == 0  # under `torchrun -m proda.cli`, rank 0 locks and records
+    with job_lock(node_of(spec, out)) if main else nullcontext():
+        kwargs: dict[str, Any] = {role: given.get(role) for role in spec.consumes}
+        if spec.trains:
+            kwargs["state_dir"] = str(state_dir or Path(out).parent / "state")
+        if spec.trains and gpus > 1:
+            result = _torchrun(spec, cfg, out, kwargs, gpus, threads)
+        else:
+            result = spec.function(cfg, out=str(out), **kwargs, **(options or {}))
+        if main:
+            records.write(name, _written(spec, out), view if view is not None else step_view(cfg, name), checked,
+                          record_of(spec, out))
+    return result
+
+
+def _written(spec: Step, out: PathLike) -> dict[str, PathLike]:
+    """The files a step wrote for ``out`` (a training step: its model and its log)."""
+    return {"model": out, "log": Path(out).with_name(TRAIN_LOG)} if spec.trains else {"out": out}
+
+
+def _torchrun(spec: Step, cfg: Mapping[str, Any], out: PathLike, kwargs: Mapping[str, Any], gpus: int,
+              threads: int) -> None:
+    """The step's function in ``gpus`` DistributedDataParallel processes (``proda <step> --config-json``)."""
+    with tempfile.TemporaryDirectory(prefix="proda-") as tmp:
+        cfg_json = Path(tmp) / "config.json"
+        cfg_json.write_text(json.dumps(dict(cfg), indent=1))
+        argv = [spec.command, "--config-json", str(cfg_json), "--out", str(out),
+                "--threads", str(max(1, int(threads) // gpus))]
+        for role, path in kwargs.items():
+            if path is not None:
+                argv += [f"--{role.replace('_', '-')}", str(path)]
+        command = torchrun_command(argv, gpus)
+        print("launching:", " ".join(command), flush=True)
+        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        status = subprocess.run(command, env=dict(os.environ, PYTHONPATH=pythonpath)).returncode
+    if status:
+        raise SystemExit(status)
+
+
+def run_rule(name: str, view: Mapping[str, Any], *, run_config: Mapping[str, Any], inputs: Mapping[str, Any],
+             out: str, log: str | None = None, threads: int = 1, gpus: int = 0) -> None:
+    """A Snakemake job of the step ``name``: its view (the rule's params) plus the run's execution
+    settings, the rule's named inputs and its main output."""
+    with logged_job(log, step(name).command):
+        run_step(name, job_config(view, execution_settings(run_config)), out=out, view=view,
+                 inputs={role: rule_input(path) for role, path in inputs.items()}, threads=threads, gpus=gpus)
+
+
+def rule_input(value: Any) -> str | None:
+    """A Snakemake named input: a path, or an empty list for an absent optional one."""
+    if isinstance(value, (list, tuple)):
+        return str(value[0]) if value else None
+    return str(value) if value else None
 
 
 # ---------------------------------------------------------------------------- data
@@ -68,6 +172,13 @@ def check_data(cfg: Mapping[str, Any], out: PathLike) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- training
+def _meta(cfg: Mapping[str, Any], step: str, **extra: Any) -> dict[str, Any]:
+    """A checkpoint's own metadata: its stage, the digest of its view and the target image size it
+    was trained for (``proda predict`` resizes images to it)."""
+    return {"stage": step, "config_digest": digest(step_view(cfg, step), 16),
+            "target_size": list(cfg["data"]["target"]["size"] or []), **extra}
+
+
 @dataclass
 class Job:
     """A constructed training stage with its data views, ready to run (or to benchmark)."""
@@ -93,12 +204,12 @@ def _validator(cfg: Mapping[str, Any], runtime: Runtime):
 
     val = target_dataset(cfg, cfg["eval"]["split"])
 
-    def validate(model) -> float:
+    def val_miou(model) -> float:
         table = evaluate_model(model, val, cfg["data"]["n_class"], batch_size=cfg["eval"]["batch_size"],
                                device=runtime.device, progress=False)
         return 100.0 * table.miou
 
-    return validate
+    return val_miou
 
 
 def run_job(job: Job, cfg: Mapping[str, Any], out: PathLike, state_dir: PathLike, step: str,
@@ -320,113 +431,3 @@ def evaluate_folder(checkpoint: PathLike, *, root: PathLike, kind: str = "citysc
 
     return evaluate_checkpoint(checkpoint, dataset_kind=kind, root=root, split=split, size=size, device=device,
                                out_csv=out_csv, save_dir=save_dir, allow_pickle=allow_pickle)
-
-
-def report(eval_csvs: Mapping[str, PathLike], out_dir: PathLike) -> None:
-    """Summary CSV and plots over the per-stage evaluation CSVs."""
-    from proda.report import write_report
-
-    write_report(dict(eval_csvs), out_dir)
-
-
-def experiment_report(eval_csvs: Mapping[str, PathLike], *, summary: PathLike, eval_dir: PathLike) -> None:
-    """A run's own folder: a copy of each stage's evaluation CSV (``eval/<stage>.csv``) and the
-    summary table and plots beside ``summary``."""
-    Path(eval_dir).mkdir(parents=True, exist_ok=True)
-    for stage, csv in eval_csvs.items():
-        with atomic_path(Path(eval_dir) / f"{stage}.csv") as tmp:
-            shutil.copyfile(csv, tmp)
-    report({stage: Path(eval_dir) / f"{stage}.csv" for stage in eval_csvs}, Path(summary).parent)
-
-
-def write_manifest(used: Mapping[str, Any], out: PathLike) -> None:
-    """A run's ``manifest.yaml``: the run folders and artifacts it uses (``proda prune`` keeps them)."""
-    import yaml
-
-    with atomic_path(out) as tmp:
-        tmp.write_text(yaml.safe_dump(dict(used), sort_keys=False))
-
-
-# ---------------------------------------------------------------------------- evidence
-def label_quality(cfg: Mapping[str, Any], *, warmup: PathLike, stage1: PathLike, soft: PathLike,
-                  prototypes: PathLike, hard_stage1: PathLike, hard_stage2: PathLike, out_csv: PathLike,
-                  plot: PathLike) -> None:
-    """Every pseudo-label artifact against the target train labels (mIoU and pixel accuracy over the
-    kept pixels, kept fraction): the warm-up's soft labels; the rectified labels stage 1 trains on,
-    at its start (warm-up teacher, initial prototypes) and at its end (stage-1 model, final
-    prototypes); the stage-1 and stage-2 hard labels at the stage-2 / stage-3 thresholds."""
-    from proda.prototypes import load_prototypes
-    from proda.pseudo_labels import HardLabelStore, SoftLabelStore
-    from proda.quality import (checkpoint_prototypes, hard_label_quality, plot_quality, rectified_label_quality,
-                               soft_label_quality, write_quality_csv)
-
-    runtime = make_runtime(cfg)
-    dataset, s1 = target_dataset(cfg, "train", labels=True), cfg["stage1"]
-    store = SoftLabelStore(soft)
-    rows = [{"artifact": "soft labels (warm-up)", **soft_label_quality(store, dataset)}]
-    for name, ckpt, protos in (("rectified, stage-1 start", warmup, load_prototypes(prototypes)[0]),
-                               ("rectified, stage-1 end", stage1, checkpoint_prototypes(stage1))):
-        model = runtime.place(build_model(ckpt, allow_pickle=cfg["unsafe_pickle"])[0])
-        with runtime.autocast():
-            scores = rectified_label_quality(model, protos.to(runtime.device), store, dataset, s1["proto_temperature"],
-                                             s1["train_thred"], device=runtime.device, train_mode=not s1["ema_eval"],
-                                             batch_size=cfg["data"]["batch_size"], seed=cfg["seed"])
-        rows.append({"artifact": name, **scores})
-    for name, path, stage in (("hard labels, stage 1", hard_stage1, "stage2"),
-                              ("hard labels, stage 2", hard_stage2, "stage3")):
-        threshold = cfg[stage]["threshold"]
-        rows.append({"artifact": f"{name} (> {threshold})",
-                     **hard_label_quality(HardLabelStore(path), dataset, threshold)})
-    write_quality_csv(rows, out_csv)
-    plot_quality(out_csv, plot)
-
-
-def figures(cfg: Mapping[str, Any], models: Mapping[str, PathLike], train_logs: Mapping[str, PathLike], *,
-            grid: PathLike, curves: PathLike) -> None:
-    """The report's pictures: target-val images with their labels and every stage's prediction,
-    and every stage's training curves (losses and learning rate)."""
-    from proda.report import plot_prediction_grid, plot_training_curves
-
-    runtime = make_runtime(cfg)
-    nets = {stage: build_model(path, allow_pickle=cfg["unsafe_pickle"])[0] for stage, path in models.items()}
-    plot_prediction_grid(target_dataset(cfg, cfg["eval"]["split"]), nets, cfg["report"]["grid_images"], grid,
-                         cfg["data"]["n_class"], device=runtime.device)
-    plot_training_curves(train_logs, curves)
-
-
-def study_report(summaries: Mapping[int, PathLike], *, out_dir: PathLike,
-                 bounds: Mapping[str, Mapping[int, PathLike]] | None = None,
-                 ablations: Mapping[str, tuple[str, Mapping[int, PathLike]]] | None = None,
-                 quality: Mapping[int, PathLike] | None = None) -> None:
-    """An experiment's evidence over seeds: ``seed_summary.csv`` (+ plot), ``bounds.csv``,
-    ``ablations.csv`` and ``label_quality.csv`` (mean ± std over seeds), as configured.
-
-    ``summaries``: seed -> that seed's summary.csv; ``bounds``: source_only/oracle -> seed -> eval CSV;
-    ``ablations``: row label -> (stage it ablates, seed -> eval CSV); ``quality``: seed -> CSV."""
-    import pandas as pd
-
-    from proda.report import (plot_seed_summary, read_eval_csv, read_summary, read_table, write_ablations,
-                              write_bounds, write_seed_summary)
-
-    out = Path(out_dir)
-    tables = {seed: read_summary(path) for seed, path in summaries.items()}
-    summary = write_seed_summary(tables, out / "seed_summary.csv")
-    plot_seed_summary(summary, out / "seed_summary.png")
-
-    def mious(csvs: Mapping[int, PathLike]) -> dict[int, float]:
-        return {seed: read_eval_csv(path)["mIoU"] for seed, path in csvs.items()}
-
-    if bounds:
-        oracle = mious(bounds["oracle"]) if "oracle" in bounds else None
-        write_bounds(summary, mious(bounds["source_only"]), oracle, out / "bounds.csv")
-    if ablations:
-        full = {stage: [t.loc[stage, "mIoU"] for t in tables.values()] for stage in next(iter(tables.values())).index}
-        rows = {label: (stage, list(mious(csvs).values())) for label, (stage, csvs) in ablations.items()}
-        write_ablations(full, rows, out / "ablations.csv")
-    if quality:
-        per_seed = pd.concat([read_table(path, "label-quality table").assign(seed=seed)
-                              for seed, path in quality.items()])
-        stats = per_seed.drop(columns="seed").groupby("artifact", sort=False).agg(["mean", "std"])
-        stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
-        with atomic_path(out / "label_quality.csv") as tmp:
-            stats.to_csv(tmp)

@@ -3,6 +3,7 @@ its provenance record, the torchrun command line, log redirection, one-line fail
 resume-state hygiene."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from fakes import lock_held_elsewhere
 from proda.cli import main, parser
 from proda.config import execution_settings, load_defaults, step_view
 from proda.integrity import DamagedArtifactError
-from proda.jobs import run_rule, run_step, torchrun_command
+from proda.steps import run_rule, run_step, torchrun_command
 from proda.train.resume import job_fingerprint, prepare_state_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_run_rule_failure_is_one_line_in_the_log(tmp_path):
     full = _toy_config()
     view = step_view(full, "toycity")
     log = tmp_path / "toy.log"
-    code = ("import json, sys; from proda.jobs import run_rule; "
+    code = ("import json, sys; from proda.steps import run_rule; "
             "run_rule('toycity', json.loads(sys.argv[1]), run_config=json.loads(sys.argv[2]), inputs={}, "
             "log=sys.argv[3], out=sys.argv[4])")
     bad = {**view, "data": {"toycity": {**view["data"]["toycity"], "n_source": 0}}}
@@ -83,6 +84,9 @@ def test_run_rule_gives_the_step_only_its_view_and_the_execution_settings(tmp_pa
 
     def fake_toycity(cfg, out):
         seen.update(cfg)
+        # the package's frames between the worker and the step: proda/steps.py only (run_rule, run_step)
+        seen["callers"] = {Path(f.filename).relative_to(REPO).as_posix() for f in inspect.stack()[1:]
+                           if Path(f.filename).is_relative_to(REPO / "proda")}
         Path(out).mkdir()
 
     from proda import steps
@@ -95,6 +99,7 @@ def test_run_rule_gives_the_step_only_its_view_and_the_execution_settings(tmp_pa
     for name in ("load_defaults", "deep_merge", "problems", "validate", "resolve"):
         monkeypatch.setattr(f"proda.config.{name}", checked_again)
     run_rule("toycity", step_view(full, "toycity"), run_config=full, inputs={}, out=str(tmp_path / "t"))
+    assert seen.pop("callers") == {"proda/steps.py"}
     assert set(seen) == {"data", "train", "device", "unsafe_pickle"}
     assert seen["data"].keys() == {"toycity", "num_workers"} and seen["train"] == execution_settings(full)["train"]
 
@@ -114,7 +119,7 @@ def test_two_runs_never_write_one_artifact_at_once(tmp_path):
 def test_a_training_job_with_several_gpus_runs_its_step_under_torchrun(tmp_path, monkeypatch):
     """gpus > 1: the step runs as `torchrun ... -m proda.cli <step> --config-json` with the job's
     config and inputs (the parent job checks inputs, holds the lock and writes the record)."""
-    from proda import jobs
+    from proda import steps
 
     launched = {}
 
@@ -128,7 +133,7 @@ def test_a_training_job_with_several_gpus_runs_its_step_under_torchrun(tmp_path,
         out.with_name("train.csv").write_text("iteration\n")
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(jobs.subprocess, "run", fake_run)
+    monkeypatch.setattr(steps.subprocess, "run", fake_run)
     inputs = {role: tmp_path / f"{role}.bin" for role in ("warmup", "soft", "prototypes")}
     for path in inputs.values():
         path.write_bytes(b"x")

@@ -144,5 +144,6 @@ def test_the_workflow_merges_and_validates_the_config_once_in_the_snakefile():
     snakefile = (REPO / "Snakefile").read_text()
     assert len(re.findall(r"\bresolve\(config\)", snakefile)) == 1
     again = re.compile(r"(?<![\w])(?<!\)\.)(resolve|validate|deep_merge|load_defaults)\(")  # not Path(..).resolve()
-    others = [*(REPO / "workflow").rglob("*.smk"), *(REPO / "workflow").rglob("*.py"), REPO / "proda" / "jobs.py"]
+    others = [*(REPO / "workflow").rglob("*.smk"), *(REPO / "workflow").rglob("*.py"),
+              REPO / "proda" / "steps.py", REPO / "proda" / "experiment.py"]
     assert not [p for p in others if again.search(p.read_text())]

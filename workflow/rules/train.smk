@@ -4,7 +4,7 @@ rerun resumes; used only by the same job: proda/train/resume.py).
 
 One process runs each stage on CPU or one GPU. With `gpu` > 1 (a site profile's set-resources,
 or --set-resources stage1:gpu=4) the job launches torchrun with one process per GPU instead
-(DistributedDataParallel; proda/jobs.py)."""
+(DistributedDataParallel; proda/steps.py, run_step)."""
 
 
 rule stage1:

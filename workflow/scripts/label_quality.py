@@ -1,5 +1,5 @@
 """Rule label_quality: every pseudo-label artifact of one run against the target train labels."""
-from proda.jobs import run_label_quality
+from proda.experiment import run_label_quality
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 run_label_quality(dict(sm.input.items()), sm.params.cfg, run_config=sm.config, out_csv=sm.output.csv,
