@@ -183,6 +183,7 @@ def run_study_report(inputs: Mapping[str, str], outputs: Mapping[str, str], layo
                      log: str | None = None) -> None:
     """Rule study_report: inputs named ``summary_<seed>``, ``quality_<seed>``, ``<bound>_<seed>`` and
     ``<ablation>_<seed>``; ``layout`` names the seeds, bounds and ablations (label, stage)."""
+
     def per_seed(prefix: str) -> dict[int, str]:
         return {int(seed): path for seed, path in _by_prefix(inputs, f"{prefix}_").items()}
 
