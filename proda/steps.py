@@ -83,8 +83,6 @@ def run_step(name: str, cfg: Mapping[str, Any], *, out: PathLike, inputs: Mappin
         raise ConfigError(f"step {name} needs the input(s) {', '.join(missing)}")
     checked = {role: records.verify(path) for role, path in given.items()}
     if threads:
-        import torch
-
         torch.set_num_threads(max(1, int(threads)))
     main = int(os.environ.get("RANK", "0")) == 0  # under `torchrun -m proda.cli`, rank 0 locks and records
     with job_lock(node_of(spec, out)) if main else nullcontext():
